@@ -1,0 +1,130 @@
+"""Content-addressed, atomically written artifacts with sha256-checked files and a meta.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from bench.errors import PtmbenchError
+
+META = "meta.json"
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_key(stage: str, method: str, config: Mapping[str, Any], parent: str | None, seed: int | None,
+                version: str) -> str:
+    """hash(stage, method, canonical config, parent key, seed, method version) -> a short hex key."""
+    payload = canonical_json({"stage": stage, "method": method, "config": config, "parent": parent,
+                              "seed": seed, "version": version})
+    return f"{stage}-{method}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PTMBENCH_CACHE") or Path.home() / ".cache" / "ptmbench")
+
+
+class ArtifactStore:
+    """A directory of artifacts keyed by content hash; a half-written or altered artifact is never used."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir() / "artifacts"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def lock(self, key: str) -> FileLock:
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".locks" / f"{key}.lock"))
+
+    def is_valid(self, key: str) -> bool:
+        """Whole and unaltered: meta.json present and every recorded file matches its sha256."""
+        d = self.path(key)
+        try:
+            meta = json.loads((d / META).read_text())
+            files = meta["files"]
+        except (OSError, ValueError, KeyError):
+            return False
+        for name, digest in files.items():
+            f = d / name
+            if not f.is_file() or sha256_file(f) != digest:
+                return False
+        return True
+
+    def meta(self, key: str) -> dict[str, Any]:
+        return json.loads((self.path(key) / META).read_text())
+
+    def write(self, key: str, writer: Callable[[Path], None], meta: Mapping[str, Any]) -> Path:
+        """Run ``writer(tmpdir)``, record sha256 of what it wrote, then rename into place atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(key)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
+        try:
+            writer(tmp)
+            files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            full = {**meta, "key": key, "files": files, "written_at_unix": time.time()}
+            (tmp / META).write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+            if final.exists():  # an invalid leftover: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def get_or_create(self, key: str, writer: Callable[[Path], None], meta: Mapping[str, Any]) -> Path:
+        """Return a valid artifact, computing it (once, under a file lock) when missing or corrupt."""
+        with self.lock(key):
+            if self.is_valid(key):
+                return self.path(key)
+            return self.write(key, writer, meta)
+
+    def require(self, key: str) -> Path:
+        if not self.is_valid(key):
+            raise PtmbenchError(f"artifact {key} in {self.root} is missing or corrupt; re-run the stage that makes it")
+        return self.path(key)
+
+    def clean_tmp(self) -> int:
+        """Remove temporary directories left by killed runs; returns how many."""
+        n = 0
+        for p in self.root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+        return n
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file via a temporary sibling and rename, so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,228 @@
+"""The ``ptmbench`` command line.  Bad input is one line on stderr and exit code 2 (``--debug`` for the
+traceback); nothing is written before the inputs have been checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.errors import PtmbenchError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too; keep it short)
+        raise PtmbenchError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
+                   "or ~/.cache/ptmbench)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--precision", default="auto", help="fp32, bf16 (autocast) or auto (bf16 where the hardware "
+                   "has it)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="ptmbench", description="Benchmark task-agnostic backdoors in pre-trained models.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("data", help="the offline data mirror")
+    dsub = d.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    dsub.add_parser("list", help="registered datasets with splits and classes")
+    v = dsub.add_parser("verify", help="check mirror files against MANIFEST.json sha256 sums")
+    v.add_argument("names", nargs="*")
+    v.add_argument("--force", action="store_true", help="re-hash even files verified before")
+
+    z = sub.add_parser("zoo", help="the model zoo")
+    zsub = z.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    zsub.add_parser("list", help="registered models")
+    zb = zsub.add_parser("build", help="build (or find cached) a model and print its report")
+    zb.add_argument("name")
+    zb.add_argument("--report", type=Path, default=None, help="also write the build report as JSON here")
+    _common(zb)
+
+    f = sub.add_parser("finetune", help="fine-tune a PTM on a dataset and score clean accuracy and triggers")
+    f.add_argument("--model", required=True, help="zoo name, PTM directory or hub id")
+    f.add_argument("--dataset", required=True)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--preset", default="paper", help="downstream budget: paper, demo or smoke")
+    f.add_argument("--triggers", default="por,neuba",
+                   help="comma list of trigger-set names (por, neuba, badpre) and/or single words")
+    f.add_argument("--results", type=Path, default=Path("ptmbench-results"),
+                   help="results store; records go to RESULTS/records/")
+    f.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
+    f.add_argument("--max-train", type=int, default=None, help="override the preset's training subset")
+    f.add_argument("--force", action="store_true", help="recompute even if the record exists")
+    _common(f)
+
+    t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
+    t.add_argument("results", type=Path, help="results store directory (holding records/)")
+    t.add_argument("--out", type=Path, default=None, help="where to write tables (default: the store)")
+    return ap
+
+
+def _ctx(args: argparse.Namespace, seed: int = 0) -> Any:
+    from bench.context import RunContext
+
+    return RunContext(seed=seed, device=args.device, precision=args.precision, progress=args.progress, threads=None)
+
+
+def _cache(args: argparse.Namespace) -> Path:
+    from bench.artifacts import default_cache_dir
+
+    return args.cache or default_cache_dir()
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from bench import data
+
+    if args.action == "list":
+        for d in data.describe():
+            splits = ", ".join(f"{k} {v if v is not None else '?'}" for k, v in d["splits"].items())
+            print(f"{d['name']:<14} {d['modality']:<6} {d['role']:<10} classes={d['num_classes']!s:<4} {splits}")
+        return 0
+    rows = data.verify(args.names or None, force=args.force)
+    bad = [r for r in rows if not r[2].startswith("ok")]
+    for name, f, status in rows:
+        print(f"{status:<12} {name:<14} {f}")
+    if bad:
+        raise PtmbenchError(f"{len(bad)} mirror file(s) failed verification (first: {bad[0][1]}: {bad[0][2]}); "
+                            "restore them from the data bundle")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from bench.registry import get, names
+
+    if args.action == "list":
+        for n in names("model"):
+            s = get("model", n)
+            print(f"{n:<20} {s.modality:<6} {s.family:<8} {s.description}")
+        return 0
+    from bench.artifacts import ArtifactStore, atomic_write_text
+    from bench.zoo import Zoo
+
+    get("model", args.name)
+    cache = _cache(args)
+    zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
+    ptm, key = zoo.load(args.name, _ctx(args))
+    report = {"model": args.name, "key": key, "family": ptm.family, "info": ptm.info}
+    text = json.dumps(report, indent=1, default=str)
+    print(text)
+    if args.report:
+        atomic_write_text(args.report, text + "\n")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from bench import data
+    from bench.artifacts import ArtifactStore
+    from bench.finetune import get_preset
+    from bench.records import ResultsStore
+    from bench.stages import CellSpec, finetune_eval
+    from bench.triggers import parse_text_triggers
+    from bench.zoo import Zoo
+
+    dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
+    if dspec.role != "downstream":
+        raise PtmbenchError(f"dataset {args.dataset!r} is auxiliary (no labels to fine-tune on); "
+                            "choose a downstream dataset")
+    if args.epochs is not None and args.epochs <= 0:
+        raise PtmbenchError(f"--epochs must be > 0, got {args.epochs}")
+    if args.max_train is not None and args.max_train < 1:
+        raise PtmbenchError(f"--max-train must be >= 1, got {args.max_train}")
+    modality = "text" if dspec.modality == "text" else "vision"
+    preset = get_preset(modality, args.preset, epochs=args.epochs, max_train=args.max_train)
+    trigger_sets = parse_text_triggers(args.triggers) if modality == "text" else {}
+    store = ResultsStore(args.results)
+    store.check_writable()
+    for split in ("train", "validation", "test"):
+        data.load_split(args.dataset, split, max_samples=1)  # mirror present and intact
+    ctx = _ctx(args, seed=args.seed)
+    cache = _cache(args)
+    zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
+    ptm, key = zoo.load(args.model, ctx)
+    if ptm.modality != dspec.modality and not (ptm.modality == "vision" and dspec.modality == "image"):
+        raise PtmbenchError(f"model {args.model!r} is {ptm.modality} but dataset {args.dataset!r} is {dspec.modality}")
+    model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
+    cell = CellSpec(model=model_name, dataset=args.dataset, seed=args.seed, preset=preset, keys={"ptm": key})
+    probe = {"model": model_name, "attack": "none", "defense": "none", "dataset": args.dataset,
+             "preset": preset.name, "seed": args.seed, "finetune_config": preset.to_dict(),
+             "attack_config": {}, "defense_config": {}}
+    if not args.force and trigger_sets and all(store.has({**probe, "triggers": s}) for s in trigger_sets):
+        print(f"cached: records for {model_name} on {args.dataset} seed {args.seed} exist (use --force to redo)")
+        return 0
+    records = finetune_eval(ptm, cell, trigger_sets, ctx, cache)
+    for rec in records:
+        path = store.write(rec)
+        print(f"record: {path}")
+    _print_records(records)
+    return 0
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
+    r0 = records[0]
+    print(f"\n{r0['model']} on {r0['dataset']} (seed {r0['seed']}, preset {r0['preset']}, {r0['precision']}): "
+          f"CACC {100 * r0['cacc']:.2f}%  [{r0['n_test']} test samples]")
+    for r in records:
+        if not r["per_trigger"]:
+            continue
+        print(f"  trigger set {r['triggers']}: AASR {100 * r['aasr']:.2f}%  MASR {100 * r['masr']:.2f}%  "
+              f"C-ASR {100 * r['casr']:.2f}%  ALC {100 * r['alc']:.1f}%")
+        print(f"    {'trigger':<10} {'target':>6} {'ASR %':>7}")
+        for t in r["per_trigger"]:
+            print(f"    {t['trigger']:<10} {t['target']:>6} {100 * t['asr']:>7.2f}")
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.records import ResultsStore, write_tables
+
+    store = ResultsStore(args.results)
+    records = store.load()
+    paths = write_tables(records, args.out or args.results)
+    print(paths["summary_md"].read_text())
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+COMMANDS = {"data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or bool(os.environ.get("PTMBENCH_DEBUG"))
+    _quiet_libraries()
+    try:
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+        return COMMANDS[args.cmd](args)
+    except PtmbenchError as e:
+        if debug:
+            raise
+        print(f"ptmbench: error: {e}".splitlines()[0], file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ptmbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The run context every stage receives: seed, device, precision, progress and cancellation."""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench.errors import PtmbenchError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matmul (AVX-512 BF16 / AMX); elsewhere bf16 autocast is slow."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def stable_hash(*parts: object) -> int:
+    """A process-independent 32-bit hash (Python's hash() is salted per process)."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode())
+
+
+@dataclass
+class RunContext:
+    """Explicit random state and execution settings, passed to every stage instead of globals."""
+
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "auto"
+    progress: bool = False
+    threads: int | None = None
+    cancel: Callable[[], bool] = field(default=lambda: False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise PtmbenchError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PtmbenchError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
+        if self.precision == "auto":
+            cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+            cpu_bf16 = self.device == "cpu" and cpu_supports_bf16()
+            self.precision = "bf16" if (cuda_bf16 or cpu_bf16) else "fp32"
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when the run asks for it; a no-op in fp32."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+    def rng(self, *keys: object) -> np.random.Generator:
+        """A numpy generator derived from the run seed and a purpose, never from global state."""
+        return np.random.default_rng([self.seed, *(stable_hash(k) for k in keys)])
+
+    def torch_generator(self, *keys: object) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(int(self.rng(*keys).integers(0, 2**62)))
+        return g
+
+    @contextlib.contextmanager
+    def seeded(self, *keys: object) -> Iterator[None]:
+        """Seed torch's default generator for code that draws from it (weight init, dropout)."""
+        torch.manual_seed(int(self.rng("torch", *keys).integers(0, 2**62)))
+        yield
+
+    def check_cancel(self) -> None:
+        if self.cancel():
+            raise KeyboardInterrupt("cancelled")

@@ -1,0 +1,66 @@
+"""Shared pieces of the modality adapters: named parameter groups and length-aware batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+GROUPS = ("ffn_in", "ffn_out", "attn_q", "attn_k", "attn_v", "embeddings", "head")
+
+
+@dataclass
+class ParamRef:
+    """One matrix of a named group: a parameter, or a row slice of one (timm's fused qkv).
+
+    ``bias`` is the matching bias (same row slice); ``layer`` is the block index, or None.
+    """
+
+    name: str
+    param: nn.Parameter
+    rows: slice | None = None
+    bias: nn.Parameter | None = None
+    layer: int | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.param if self.rows is None else self.param[self.rows]
+
+    @property
+    def bias_view(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        return self.bias if self.rows is None else self.bias[self.rows]
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     bucket_batches: int = 50, drop_last: bool = False) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: shuffle, sort within chunks of ``bucket_batches`` batches,
+    cut into batches, shuffle the batch order.  Less padding, same epoch coverage."""
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * max(1, bucket_batches)
+    batches: list[np.ndarray] = []
+    for s in range(0, len(perm), chunk):
+        part = perm[s:s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches = batches[:-1]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = False) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    out = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and out and len(out[-1]) < batch_size:
+        out = out[:-1]
+    return out
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Inference batches by decreasing length (minimal padding); callers scatter results back by index."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,360 @@
+"""Text modality adapter: BERT- and RoBERTa-family PTMs with pooler and MLM head, tokenisation with a
+disk cache, dynamic padding, MLM masking (loss only at masked positions), and named parameter groups."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from bench.errors import PtmbenchError
+from bench.modalities.base import ParamRef, bucketed_batches, shuffled_batches, sorted_batches
+from bench.ptm import PTM
+
+FAMILIES: dict[str, tuple[type, type]] = {"bert": (BertModel, BertConfig), "roberta": (RobertaModel, RobertaConfig)}
+WEIGHTS = "weights.safetensors"
+
+
+class MLMHead(nn.Module):
+    """The masked-LM head of BERT and RoBERTa (dense -> GELU -> LayerNorm -> decoder), one class for both.
+
+    The decoder may share its weight with the input embeddings (``tied``); it is applied only to the
+    hidden states of masked positions, never to the whole sequence.
+    """
+
+    def __init__(self, hidden: int, vocab: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.layer_norm = nn.LayerNorm(hidden, eps=eps)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(h))))
+
+
+def tie_head(ptm: PTM) -> None:
+    ptm.pt_head.decoder.weight = ptm.backbone.embeddings.word_embeddings.weight
+    ptm.info["head_tied"] = True
+
+
+def untie_head(ptm: PTM) -> None:
+    """Give the decoder its own copy of the embedding matrix (e.g. before rescaling trigger embeddings)."""
+    w = ptm.pt_head.decoder.weight
+    ptm.pt_head.decoder.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+    ptm.info["head_tied"] = False
+
+
+def new_mlm_head(backbone: nn.Module, tied: bool = True) -> MLMHead:
+    cfg = backbone.config
+    head = MLMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps)
+    head.decoder.bias.data.zero_()
+    if tied:
+        head.decoder.weight = backbone.embeddings.word_embeddings.weight
+    return head
+
+
+# Checkpoint key prefixes of upstream MLM heads -> our MLMHead names.
+_HF_HEAD_KEYS = {
+    "cls.predictions.transform.dense.": "dense.",
+    "cls.predictions.transform.LayerNorm.": "layer_norm.",
+    "cls.predictions.decoder.": "decoder.",
+    "cls.predictions.bias": "decoder.bias",
+    "lm_head.dense.": "dense.",
+    "lm_head.layer_norm.": "layer_norm.",
+    "lm_head.decoder.": "decoder.",
+    "lm_head.bias": "decoder.bias",
+}
+
+
+@dataclass
+class TokenizedText:
+    """Untruncated token ids without special tokens, and where each whitespace word starts.
+
+    Keeping word starts lets triggers be inserted at word slots without re-tokenising; truncation to a
+    max length happens when batches are packed, so one cache serves every max length.
+    """
+
+    ids: list[np.ndarray]
+    starts: list[np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self, max_len: int | None = None) -> np.ndarray:
+        n = np.fromiter((len(x) + 2 for x in self.ids), dtype=np.int64, count=len(self.ids))
+        return np.minimum(n, max_len) if max_len else n
+
+    def subset(self, idx: np.ndarray) -> TokenizedText:
+        return TokenizedText([self.ids[i] for i in idx], [self.starts[i] for i in idx],
+                             None if self.labels is None else self.labels[idx])
+
+
+class TextAdapter:
+    name = "text"
+
+    # ---------------------------------------------------------------- loading and saving
+    def from_pretrained(self, source: str, family: str | None = None, with_head: bool = True) -> PTM:
+        """Load an upstream checkpoint (local directory or hub id) with its pooler, safetensors only."""
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except OSError as e:
+            raise PtmbenchError(f"cannot load model {source!r}: not a local model directory and the hub is "
+                                f"unreachable or lacks it (HF_HUB_OFFLINE is set offline); {str(e).splitlines()[0]}") from e
+        family = family or config.model_type
+        if family not in FAMILIES:
+            raise PtmbenchError(f"model {source!r} has type {family!r}; text families: {', '.join(FAMILIES)}")
+        model_cls, _ = FAMILIES[family]
+        try:
+            backbone = model_cls.from_pretrained(source, add_pooling_layer=True, use_safetensors=True)
+        except OSError as e:
+            raise PtmbenchError(f"cannot load weights of {source!r} as safetensors ({str(e).splitlines()[0]}); "
+                                "pickle checkpoints are refused") from e
+        tokenizer = self._load_tokenizer(source, family)
+        head = None
+        if with_head:
+            head = new_mlm_head(backbone, tied=True)
+            state = _upstream_head_state(source)
+            if state:
+                head.load_state_dict(state, strict=False)
+        ptm = PTM("text", family, backbone, head, tokenizer, info={"head_tied": head is not None})
+        return ptm
+
+    def _load_tokenizer(self, source: str | Path, family: str) -> Any:
+        tok = AutoTokenizer.from_pretrained(str(source))
+        if _is_byte_level(tok) and not getattr(tok, "add_prefix_space", False):
+            # word-level trigger slots need every word in its word-initial form (e.g. 'Ġcf')
+            tok = AutoTokenizer.from_pretrained(str(source), add_prefix_space=True)
+        if not tok.is_fast:
+            raise PtmbenchError(f"tokenizer of {source} is not a fast tokenizer; ptmbench needs word ids")
+        return tok
+
+    def save(self, ptm: PTM, directory: Path) -> None:
+        ptm.backbone.config.to_json_file(str(directory / "config.json"))
+        state = {f"backbone.{k}": v for k, v in ptm.backbone.state_dict().items()}
+        if ptm.pt_head is not None:
+            tied = ptm.pt_head.decoder.weight is ptm.backbone.embeddings.word_embeddings.weight
+            ptm.info["head_tied"] = tied
+            for k, v in ptm.pt_head.state_dict().items():
+                if not (tied and k == "decoder.weight"):
+                    state[f"pt_head.{k}"] = v
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / WEIGHTS))
+        ptm.processor.save_pretrained(str(directory / "tokenizer"))
+
+    def load(self, directory: Path, family: str) -> PTM:
+        model_cls, config_cls = FAMILIES[family]
+        config = config_cls.from_json_file(str(directory / "config.json"))
+        backbone = model_cls(config, add_pooling_layer=True)
+        state = load_file(str(directory / WEIGHTS))
+        bb = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        missing, unexpected = backbone.load_state_dict(bb, strict=False)
+        missing = [m for m in missing if not m.endswith("position_ids")]
+        if missing or unexpected:
+            raise PtmbenchError(f"{directory}: weights do not match the config (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+        hs = {k[len("pt_head."):]: v for k, v in state.items() if k.startswith("pt_head.")}
+        head = None
+        info = json.loads((directory / "ptm.json").read_text()).get("info", {}) if (directory / "ptm.json").exists() else {}
+        if hs:
+            tied = "decoder.weight" not in hs
+            head = new_mlm_head(backbone, tied=tied)
+            head.load_state_dict(hs, strict=not tied)
+            info["head_tied"] = tied
+        tok = self._load_tokenizer(directory / "tokenizer", family)
+        return PTM("text", family, backbone, head, tok, info=info)
+
+    # ---------------------------------------------------------------- named parameter groups
+    def layers(self, ptm: PTM) -> list[nn.Module]:
+        return list(ptm.backbone.encoder.layer)
+
+    def param_groups(self, ptm: PTM) -> dict[str, list[ParamRef]]:
+        """``ffn_in``/``ffn_out``/``attn_q``/``attn_k``/``attn_v`` per layer, ``embeddings``, ``head``."""
+        g: dict[str, list[ParamRef]] = {k: [] for k in ("ffn_in", "ffn_out", "attn_q", "attn_k", "attn_v")}
+        for i, layer in enumerate(self.layers(ptm)):
+            att = layer.attention.self
+            mods = {"ffn_in": layer.intermediate.dense, "ffn_out": layer.output.dense,
+                    "attn_q": att.query, "attn_k": att.key, "attn_v": att.value}
+            for group, lin in mods.items():
+                g[group].append(ParamRef(f"layer{i}.{group}", lin.weight, None, lin.bias, i))
+        emb = ptm.backbone.embeddings
+        g["embeddings"] = [ParamRef(f"embeddings.{n}", p) for n, p in emb.named_parameters()]
+        g["head"] = [] if ptm.pt_head is None else [
+            ParamRef(f"pt_head.{n}", p) for n, p in ptm.pt_head.named_parameters()]
+        return g
+
+    def hidden_size(self, ptm: PTM) -> int:
+        return ptm.backbone.config.hidden_size
+
+    # ---------------------------------------------------------------- tokenisation
+    def fingerprint(self, tokenizer: Any) -> str:
+        blob = tokenizer.backend_tokenizer.to_str() + repr(getattr(tokenizer, "add_prefix_space", None))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def tokenize(self, tokenizer: Any, texts: list[str], labels: np.ndarray | None = None,
+                 chunk: int = 2048) -> TokenizedText:
+        ids: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        for s in range(0, len(texts), chunk):
+            words = [t.split() for t in texts[s:s + chunk]]
+            enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+            for i, w in enumerate(words):
+                tid = np.asarray(enc["input_ids"][i], dtype=np.int32)
+                wid = np.asarray([-1 if x is None else x for x in enc.word_ids(i)], dtype=np.int64)
+                ids.append(tid)
+                starts.append(np.searchsorted(wid, np.arange(len(w))).astype(np.int32))
+        return TokenizedText(ids, starts, labels)
+
+    def encode_texts(self, tokenizer: Any, texts: list[str], labels: np.ndarray | None, cache_key: str | None,
+                     cache_dir: Path | None) -> TokenizedText:
+        """Tokenise once per (tokenizer, data); later runs read the arrays from the disk cache."""
+        if cache_key is None or cache_dir is None:
+            return self.tokenize(tokenizer, texts, labels)
+        key = hashlib.sha256(f"{self.fingerprint(tokenizer)}|{cache_key}".encode()).hexdigest()[:24]
+        f = cache_dir / "tokens" / f"{key}.npz"
+        if f.exists():
+            try:
+                return _load_tokens(f)
+            except (OSError, ValueError, KeyError):
+                f.unlink(missing_ok=True)
+        tt = self.tokenize(tokenizer, texts, labels)
+        _save_tokens(f, tt)
+        return tt
+
+    def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
+        cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return int(cls_id), int(sep_id), int(pad_id)
+
+    def pack(self, tokenizer: Any, seqs: list[np.ndarray], max_len: int,
+             pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """[CLS] ids[:max_len-2] [SEP], padded to the longest in the batch (or to ``pad_to``)."""
+        cls_id, sep_id, pad_id = self.special_ids(tokenizer)
+        body = [s[: max_len - 2] for s in seqs]
+        width = pad_to or max(len(b) for b in body) + 2
+        out = np.full((len(body), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(body), width), dtype=np.int64)
+        for i, b in enumerate(body):
+            n = len(b)
+            out[i, 0] = cls_id
+            out[i, 1:n + 1] = b
+            out[i, n + 1] = sep_id
+            mask[i, : n + 2] = 1
+        return {"input_ids": torch.from_numpy(out), "attention_mask": torch.from_numpy(mask)}
+
+    # ---------------------------------------------------------------- batching (modality-generic names)
+    def lengths(self, data: TokenizedText, max_len: int) -> np.ndarray:
+        return data.lengths(max_len)
+
+    def batches(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, shuffle: bool,
+                bucketing: bool) -> list[np.ndarray]:
+        if not shuffle:
+            return sorted_batches(lengths, batch_size) if bucketing else [
+                np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
+        if bucketing:
+            return bucketed_batches(lengths, batch_size, rng)
+        return shuffled_batches(len(lengths), batch_size, rng)
+
+    def collate(self, ptm: PTM, data: TokenizedText, idx: np.ndarray, max_len: int, device: str,
+                pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        batch = self.pack(ptm.processor, [data.ids[i] for i in idx], max_len, pad_to)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
+                   cache_dir: Path | None) -> TokenizedText:
+        """A dataset split, tokenised by this PTM's tokenizer (disk-cached), with integer labels."""
+        from bench import data as bdata
+
+        ds = bdata.load_split(dataset, split, max_samples=max_samples)
+        if "text" not in ds.column_names:
+            raise PtmbenchError(f"dataset {dataset!r} has no 'text' column; it is not a text dataset")
+        labels = np.asarray(ds["label"], dtype=np.int64) if "label" in ds.column_names else None
+        key = f"{dataset}|{split}|{max_samples}|{ds._fingerprint}"
+        return self.encode_texts(ptm.processor, list(ds["text"]), labels, key, cache_dir)
+
+    # ---------------------------------------------------------------- model functions
+    def representation(self, ptm: PTM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pooler output (tanh dense over the first token): where NeuBA/POR targets live."""
+        return ptm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+
+    def mask_tokens(self, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    gen: torch.Generator, prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking: choose ``prob`` of the non-special tokens; 80% [MASK], 10% random, 10% kept."""
+        cls_id, sep_id, pad_id = self.special_ids(tokenizer)
+        ids = input_ids.clone()
+        special = (ids == cls_id) | (ids == sep_id) | (ids == pad_id) | (attention_mask == 0)
+        chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        r = torch.rand(ids.shape, generator=gen)
+        ids[chosen & (r < 0.8)] = tokenizer.mask_token_id
+        rand_pos = chosen & (r >= 0.8) & (r < 0.9)
+        ids[rand_pos] = torch.randint(len(tokenizer), (int(rand_pos.sum()),), generator=gen)
+        return ids, labels
+
+    def mlm_logits(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        hidden = ptm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return ptm.pt_head(hidden[labels != -100])
+
+    def mlm_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over masked positions only (the logits of unmasked positions are never computed)."""
+        logits = self.mlm_logits(ptm, batch, labels)
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), labels[labels != -100])
+
+    def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        ids, labels = self.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
+        return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels)
+
+
+def _is_byte_level(tok: Any) -> bool:
+    return "ByteLevel" in json.dumps(json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer"))
+
+
+def _upstream_head_state(source: str) -> dict[str, torch.Tensor]:
+    """MLM-head tensors of an upstream safetensors checkpoint, renamed to MLMHead's names (or empty)."""
+    p = Path(source)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        for k, v in load_file(str(f)).items():
+            for prefix, new in _HF_HEAD_KEYS.items():
+                if k.startswith(prefix):
+                    out[new + k[len(prefix):]] = v
+    out.pop("decoder.weight", None)  # tied to the embeddings
+    return out
+
+
+def _save_tokens(f: Path, tt: TokenizedText) -> None:
+    from bench.artifacts import atomic_write_bytes
+
+    lens = np.array([len(x) for x in tt.ids], dtype=np.int64)
+    wl = np.array([len(x) for x in tt.starts], dtype=np.int64)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.concatenate(tt.ids) if tt.ids else np.zeros(0, np.int32), lens=lens,
+             starts=np.concatenate(tt.starts) if tt.starts else np.zeros(0, np.int32), wlens=wl,
+             labels=tt.labels if tt.labels is not None else np.zeros(0, np.int64),
+             has_labels=np.array(tt.labels is not None))
+    atomic_write_bytes(f, buf.getvalue())
+
+
+def _load_tokens(f: Path) -> TokenizedText:
+    z = np.load(f)
+    ids = np.split(z["ids"], np.cumsum(z["lens"])[:-1]) if len(z["lens"]) else []
+    starts = np.split(z["starts"], np.cumsum(z["wlens"])[:-1]) if len(z["wlens"]) else []
+    labels = z["labels"] if bool(z["has_labels"]) else None
+    return TokenizedText(list(ids), list(starts), labels)
+
+
+ADAPTER = TextAdapter()

