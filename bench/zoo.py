@@ -16,7 +16,8 @@ import torch
 from bench.artifacts import ArtifactStore, content_key
 from bench.context import RunContext
 from bench.errors import PtmbenchError
-from bench.modalities.text import ADAPTER as TEXT, TokenizedText, new_mlm_head
+from bench.modalities.text import ADAPTER as TEXT
+from bench.modalities.text import TokenizedText, new_mlm_head
 from bench.ptm import PTM, PTM_FILE, load_ptm
 from bench.registry import get, names, register
 from bench.train import OptimConfig, cycle_epochs, train
@@ -51,6 +52,8 @@ class Zoo:
         p = Path(name)
         if p.is_dir():
             return self._load_dir(p)
+        if name.startswith(("/", "./", "../", "~")):
+            raise PtmbenchError(f"model directory {name} does not exist; pass a zoo name, a PTM directory or a hub id")
         if name not in names("model"):
             if "/" in name or name.startswith(("bert", "roberta")):
                 ptm = TEXT.from_pretrained(name)

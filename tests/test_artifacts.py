@@ -1,0 +1,56 @@
+"""Content-addressed artifacts: stable keys, atomic writes, corruption detected and recomputed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.artifacts import ArtifactStore, content_key
+
+
+def test_content_key_is_canonical_and_sensitive():
+    a = content_key("attack", "neuba", {"lr": 1e-4, "steps": 3}, "p", 0, "1")
+    assert a == content_key("attack", "neuba", {"steps": 3, "lr": 1e-4}, "p", 0, "1")
+    assert a != content_key("attack", "neuba", {"steps": 4, "lr": 1e-4}, "p", 0, "1")
+    assert a != content_key("attack", "neuba", {"steps": 3, "lr": 1e-4}, "q", 0, "1")
+    assert a != content_key("attack", "neuba", {"steps": 3, "lr": 1e-4}, "p", 1, "1")
+    assert a != content_key("attack", "neuba", {"steps": 3, "lr": 1e-4}, "p", 0, "2")
+    assert a.startswith("attack-neuba-")
+
+
+def test_write_is_atomic_and_validated(tmp_path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+
+    def writer(d):
+        calls.append(1)
+        (d / "w.txt").write_text("hello")
+
+    p = store.get_or_create("k1", writer, {"stage": "x"})
+    assert (p / "w.txt").read_text() == "hello"
+    assert store.is_valid("k1")
+    store.get_or_create("k1", writer, {"stage": "x"})
+    assert len(calls) == 1  # cached
+    (p / "w.txt").write_text("tampered")
+    assert not store.is_valid("k1")
+    store.get_or_create("k1", writer, {"stage": "x"})
+    assert len(calls) == 2 and (p / "w.txt").read_text() == "hello"
+
+
+def test_failed_writer_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def boom(d):
+        (d / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.get_or_create("k2", boom, {})
+    assert not store.path("k2").exists()
+    assert list(tmp_path.glob(".tmp-*")) == []
+
+
+def test_half_artifact_without_meta_is_invalid(tmp_path):
+    store = ArtifactStore(tmp_path)
+    (tmp_path / "k3").mkdir()
+    (tmp_path / "k3" / "weights.safetensors").write_bytes(b"123")
+    assert not store.is_valid("k3")

@@ -1,0 +1,128 @@
+"""End to end through the real CLI (subprocesses), offline, on the tiny mirror and tiny PTMs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def ptmbench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_finetune_writes_record_and_table(env, bert_dir, tmp_path):
+    res = tmp_path / "results"
+    out = ptmbench(env, "finetune", "--model", str(bert_dir), "--dataset", "sst2", "--seed", "1",
+                   "--preset", "smoke", "--triggers", "por,neuba", "--results", str(res))
+    assert out.returncode == 0, out.stderr
+    assert "CACC" in out.stdout and "trigger set por" in out.stdout
+    recs = sorted((res / "records").glob("*.json"))
+    assert len(recs) == 2
+    r = json.loads(recs[0].read_text())
+    for k in ("model", "attack", "defense", "dataset", "seed", "cacc", "aasr", "masr", "casr", "alc",
+              "per_trigger", "n_test", "wall_s", "keys", "versions", "precision"):
+        assert k in r
+    assert r["attack"] == "none" and r["seed"] == 1 and r["n_test"] == 24
+    assert {t["trigger"] for t in json.loads(recs[1].read_text())["per_trigger"]} | {
+        t["trigger"] for t in r["per_trigger"]} == {"cf", "tq", "mn", "bb", "mb", "≈", "≡", "∈", "⊆", "⊕", "⊗"}
+    again = ptmbench(env, "finetune", "--model", str(bert_dir), "--dataset", "sst2", "--seed", "1",
+                     "--preset", "smoke", "--triggers", "por,neuba", "--results", str(res))
+    assert again.returncode == 0 and "cached" in again.stdout
+    tab = ptmbench(env, "table", str(res))
+    assert tab.returncode == 0, tab.stderr
+    cells = pd.read_csv(res / "cells.csv")
+    assert list(cells.columns[:7]) == ["model", "attack", "defense", "dataset", "seed", "preset", "triggers"]
+    assert len(cells) == 2 and (res / "summary.md").exists() and (res / "per_trigger.csv").exists()
+
+
+def test_finetune_is_deterministic(env, roberta_dir, tmp_path):
+    runs = []
+    for i in range(2):
+        res = tmp_path / f"r{i}"
+        out = ptmbench(env, "finetune", "--model", str(roberta_dir), "--dataset", "sst2", "--seed", "0",
+                       "--preset", "smoke", "--triggers", "por", "--results", str(res), "--precision", "fp32")
+        assert out.returncode == 0, out.stderr
+        (rec,) = (res / "records").glob("*.json")
+        r = json.loads(rec.read_text())
+        runs.append((r["cacc"], r["aasr"], r["per_trigger"], r["finetune_train"]["loss_last"]))
+    assert runs[0] == runs[1]
+
+
+def _corrupt_mirror(mirror: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    bad = tmp_path / "badmirror"
+    shutil.copytree(mirror, bad)
+    p = bad / "text/sst2/test.parquet"
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF
+    p.write_bytes(bytes(data))
+    return bad
+
+
+def _missing_mirror(mirror: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    bad = tmp_path / "missing"
+    shutil.copytree(mirror, bad)
+    (bad / "text/sst2/validation.parquet").unlink()
+    return bad
+
+
+BAD = [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--dataset", "sst3"], "unknown dataset 'sst3'"),
+    (["--triggers", "cfzzq"], "not a single piece"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--dataset", "wikitext2"], "auxiliary"),
+    (["--epochs", "-1"], "--epochs must be > 0"),
+    (["--precision", "fp8"], "precision 'fp8'"),
+    (["--seed", "abc"], "invalid int value"),
+    (["--model", "/nonexistent/dir/xyz"], "does not exist"),
+    ("corrupt", "sha256"),
+    ("missing", "validation.parquet"),
+]
+
+
+@pytest.mark.parametrize("case,message", BAD, ids=[str(c[1])[:24] for c in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, mirror, tmp_path, case, message):
+    res = tmp_path / "results"
+    args = {"--model": str(bert_dir), "--dataset": "sst2", "--preset": "smoke", "--triggers": "por"}
+    if isinstance(case, list):
+        args[case[0]] = case[1]
+    elif case == "corrupt":
+        env = {**env, "PTMBENCH_DATA_DIR": str(_corrupt_mirror(mirror, tmp_path))}
+    elif case == "missing":
+        env = {**env, "PTMBENCH_DATA_DIR": str(_missing_mirror(mirror, tmp_path))}
+    flat = [x for kv in args.items() for x in kv]
+    out = ptmbench(env, "finetune", *flat, "--results", str(res))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ptmbench: error:"), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not res.exists()
+
+
+def test_unwritable_results_dir(env, bert_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = ptmbench(env, "finetune", "--model", str(bert_dir), "--dataset", "sst2", "--preset", "smoke",
+                   "--results", str(blocker / "results"))
+    assert out.returncode == 2 and "not writable" in out.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_data_and_zoo_listing(env):
+    out = ptmbench(env, "data", "list")
+    assert out.returncode == 0 and "sst2" in out.stdout
+    out = ptmbench(env, "data", "verify", "sst2")
+    assert out.returncode == 0 and "ok" in out.stdout
+    out = ptmbench(env, "zoo", "list")
+    assert out.returncode == 0 and "minilm-l6-mlm" in out.stdout
