@@ -1,0 +1,71 @@
+"""The base protocol of attacks and defenses: a name, modalities, a typed config with named presets.
+
+A method is one class; its config dataclass holds the reference defaults (the ``paper`` preset) and
+``presets`` names scaled-down overrides (``demo``, ``smoke``) that fit a laptop.  Every deviation from
+the reference is visible in the config recorded with each result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.config import from_dict
+from bench.context import RunContext
+from bench.errors import PtmbenchError
+from bench.ptm import PTM
+
+
+class Method:
+    """Shared by :class:`attacks.base.Attack` and :class:`defenses.base.Defense`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+    Config: ClassVar[type] = object
+    version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def build(cls, preset: str = "paper", overrides: dict[str, Any] | None = None, where: str = "") -> Method:
+        """The method with ``preset``'s overrides (``paper`` = the reference defaults) plus ``overrides``."""
+        where = where or f"{cls.kind} {cls.name}"
+        if preset != "paper" and preset not in cls.presets:
+            known = ", ".join(["paper", *cls.presets])
+            raise PtmbenchError(f"{where}: unknown preset {preset!r}; known presets: {known}")
+        values = {**cls.presets.get(preset, {}), **(overrides or {})}
+        return cls(from_dict(cls.Config, values, where))
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def check_modality(self, ptm: PTM) -> None:
+        if ptm.modality not in self.modalities:
+            raise PtmbenchError(f"{self.kind} {self.name!r} supports {', '.join(self.modalities)} PTMs, "
+                                f"not {ptm.modality}")
+
+
+class Attack(Method):
+    """Implants a task-agnostic backdoor: ``triggers(ptm)`` and ``implant(ptm, ctx, cache_dir) -> PTM``."""
+
+    kind = "attack"
+
+    def triggers(self, ptm: PTM) -> list[Any]:
+        raise NotImplementedError
+
+    def implant(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
+        raise NotImplementedError
+
+
+class Defense(Method):
+    """Purifies a PTM with auxiliary data only: ``purify(ptm, ctx, cache_dir) -> PTM``."""
+
+    kind = "defense"
+    stage: ClassVar[str] = "ptm"  # room for input-level or fine-tuned-model defenses later
+
+    def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
+        raise NotImplementedError
