@@ -78,10 +78,12 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
+        t0 = time.perf_counter()
         try:
             writer(tmp)
             files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            full = {**meta, "key": key, "files": files, "written_at_unix": time.time()}
+            full = {**meta, "key": key, "files": files, "wall_s": round(time.perf_counter() - t0, 2),
+                    "written_at_unix": time.time()}
             (tmp / META).write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
             if final.exists():  # an invalid leftover: replace it
                 shutil.rmtree(final)

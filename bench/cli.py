@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="recompute even if the record exists")
     _common(f)
 
+    r = sub.add_parser("run", help="run a matrix (YAML file or built-in name: smoke, demo) and print its table")
+    r.add_argument("matrix", help="matrix YAML file or built-in name")
+    r.add_argument("--results", type=Path, default=None, help="results store (default results/<matrix name>)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    r.add_argument("--workers", type=int, default=1, help="local worker processes")
+    r.add_argument("--dry-run", action="store_true", help="print the stage DAG and what is cached; run nothing")
+    r.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
+                   "or ~/.cache/ptmbench)")
+    r.add_argument("--device", default=None, help="override the matrix's device")
+    r.add_argument("--precision", default=None, help="override the matrix's precision (fp32, bf16, auto)")
+    r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
     t.add_argument("--out", type=Path, default=None, help="where to write tables (default: the store)")
@@ -194,7 +207,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import datasets
     import transformers
 
@@ -204,13 +217,47 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-COMMANDS = {"data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.artifacts import ArtifactStore
+    from bench.context import RunContext
+    from bench.matrix import is_done, load_matrix, plan
+    from bench.records import ResultsStore, write_tables
+    from bench.runner import LocalExecutor, RayExecutor, execute
+    from bench.stages import StageEnv
+
+    spec = load_matrix(args.matrix)
+    device = args.device or spec.device
+    precision = RunContext(device=device, precision=args.precision or spec.precision).precision
+    cache = _cache(args)
+    store = ArtifactStore(cache / "artifacts")
+    results = ResultsStore(args.results or Path("results") / spec.name)
+    results.check_writable()
+    nodes = plan(spec, store)
+    done = lambda n: is_done(n, store, results)  # noqa: E731
+    if args.dry_run:
+        for n in nodes:
+            mark = "cached" if done(n) else "todo  "
+            print(f"[{mark}] {n.stage:<8} {n.label:<55} {n.key}" + (f"  <- {', '.join(n.deps)}" if n.deps else ""))
+        return 0
+    executor = RayExecutor(args.address) if args.executor == "ray" else LocalExecutor(args.workers)
+    env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
+                   precision=precision, progress=not args.no_progress)
+    store.clean_tmp()
+    summary = execute(nodes, env, executor, done, progress=not args.no_progress)
+    paths = write_tables(results.load(), results.root)
+    print(paths["matrix_md"].read_text())
+    print(f"{summary['ran']} stages ran, {summary['cached']} cached, {summary['wall_s']:.0f}s; "
+          f"tables in {results.root}/")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or bool(os.environ.get("PTMBENCH_DEBUG"))
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args = build_parser().parse_args([a for a in argv if a != "--debug"])
         return COMMANDS[args.cmd](args)

@@ -65,6 +65,9 @@ def load_ptm(directory: Path) -> PTM:
         raise PtmbenchError(f"{directory} is not a ptmbench PTM directory (no {PTM_FILE})")
     desc = json.loads(f.read_text())
     ptm = get_modality(desc["modality"]).load(Path(directory), desc["family"])
+    ptm.backbone.eval()  # stages switch to train mode themselves; a loaded PTM computes deterministically
+    if ptm.pt_head is not None:
+        ptm.pt_head.eval()
     ptm.lineage = desc.get("lineage", [])
     ptm.info = desc.get("info", {})
     return ptm

@@ -18,8 +18,7 @@ from bench.errors import PtmbenchError
 
 IDENTITY = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
 CELL_COLUMNS = ["model", "attack", "defense", "dataset", "seed", "preset", "triggers", "cacc", "aasr", "masr",
-                "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision", "wall_finetune_s",
-                "wall_evaluate_s"]
+                "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision"]
 METRICS = ("cacc", "aasr", "masr", "casr", "alc")
 
 
@@ -79,10 +78,7 @@ def _jsonable(o: Any) -> Any:
 def cells_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {c: r.get(c) for c in CELL_COLUMNS}
-        row["wall_finetune_s"] = r.get("wall_s", {}).get("finetune")
-        row["wall_evaluate_s"] = r.get("wall_s", {}).get("evaluate")
-        rows.append(row)
+        rows.append({c: r.get(c) for c in CELL_COLUMNS})
     df = pd.DataFrame(rows, columns=CELL_COLUMNS)
     return df.sort_values(["model", "attack", "defense", "dataset", "triggers", "seed"]).reset_index(drop=True)
 
@@ -131,6 +127,30 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def matrix_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows model/attack/trigger set, columns defense × dataset, cells 'CACC / AASR / MASR' (mean ± std, %)."""
+    if summary.empty:
+        return pd.DataFrame()
+    s = summary.copy()
+    s["col"] = s["defense"] + " · " + s["dataset"]
+
+    def cell(r: Any) -> str:
+        parts = [fmt_pm(r[f"{m}_mean"], r[f"{m}_std"], r["seeds"]) for m in ("cacc", "aasr", "masr")]
+        return " / ".join(parts)
+
+    s["cell"] = s.apply(cell, axis=1)
+    t = s.pivot_table(index=["model", "attack", "triggers"], columns="col", values="cell", aggfunc="first")
+    cols = sorted(t.columns, key=lambda c: (c.split(" · ")[0] != "none", c))
+    return t[cols].reset_index().fillna("")
+
+
+def timing_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Wall seconds per stage and cell (kept out of cells.csv, which must be identical across re-runs)."""
+    rows = [{**{k: r[k] for k in IDENTITY}, **{f"{k}_s": v for k, v in r.get("wall_s", {}).items()}}
+            for r in records]
+    return pd.DataFrame(rows)
+
+
 def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     """cells.csv, per_trigger.csv and the mean ± std summary as Markdown, LaTeX, CSV and HTML."""
     out.mkdir(parents=True, exist_ok=True)
@@ -140,9 +160,19 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     paths = {
         "cells": out / "cells.csv", "per_trigger": out / "per_trigger.csv", "summary_csv": out / "summary.csv",
         "summary_md": out / "summary.md", "summary_tex": out / "summary.tex", "summary_html": out / "summary.html",
+        "matrix_md": out / "table.md", "matrix_tex": out / "table.tex", "matrix_csv": out / "table.csv",
+        "matrix_html": out / "table.html",
     }
+    mat = matrix_frame(summary)
+    note = ("Cells: CACC / AASR / MASR in %, mean ± std over seeds. Rows with attack `none` are the "
+            "clean-model control for the named trigger set.\n\n")
+    atomic_write_text(paths["matrix_md"], note + markdown_table(mat))
+    atomic_write_text(paths["matrix_tex"], mat.to_latex(index=False, escape=True))
+    atomic_write_text(paths["matrix_csv"], mat.to_csv(index=False))
+    atomic_write_text(paths["matrix_html"], mat.to_html(index=False, border=0))
     atomic_write_text(paths["cells"], cells.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(paths["per_trigger"], per_trigger_frame(records).to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "timing.csv", timing_frame(records).to_csv(index=False, float_format="%.2f"))
     atomic_write_text(paths["summary_csv"], summary.to_csv(index=False, float_format="%.4g"))
     atomic_write_text(paths["summary_md"], markdown_table(disp))
     atomic_write_text(paths["summary_tex"], disp.to_latex(index=False, escape=True))

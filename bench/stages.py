@@ -72,3 +72,105 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
         }
         records.append(rec)
     return records
+
+
+# ---------------------------------------------------------------------------------------------- DAG nodes
+@dataclass(frozen=True)
+class StageEnv:
+    """Where a node reads and writes, and how it runs; plain values so it crosses process/Ray boundaries."""
+
+    store: str
+    results: str
+    cache: str
+    device: str = "cpu"
+    precision: str = "auto"
+    progress: bool = False
+    threads: int | None = None
+
+
+def _materialize(source: dict[str, Any], env: StageEnv, ctx: RunContext) -> PTM:
+    from bench.artifacts import ArtifactStore
+    from bench.ptm import load_ptm
+    from bench.zoo import Zoo
+
+    store = ArtifactStore(env.store)
+    if source["kind"] == "zoo":
+        return Zoo(store, Path(env.cache)).load(source["model"], ctx)[0]
+    return load_ptm(store.require(source["key"]))
+
+
+def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
+    """Run one DAG node (idempotent: a valid artifact or existing records make it a no-op)."""
+    import time
+
+    from bench.artifacts import ArtifactStore
+    from bench.registry import get
+
+    store = ArtifactStore(env.store)
+    stage = payload["stage"]
+    seed = payload.get("seed", payload.get("ident", {}).get("seed", 0))
+    ctx = RunContext(seed=seed, device=env.device, precision=env.precision, progress=env.progress,
+                     threads=env.threads)
+    t0 = time.perf_counter()
+    if stage == "zoo":
+        from bench.zoo import Zoo
+
+        Zoo(store, Path(env.cache)).load(payload["model"], ctx)
+    elif stage in ("attack", "defense"):
+        method = get(stage, payload["method"]).build(payload["preset"], payload["config"])
+
+        def write(d: Path) -> None:
+            ptm = _materialize(payload["source"], env, ctx)
+            method.check_modality(ptm)
+            t = time.perf_counter()
+            if stage == "attack":
+                out = method.implant(ptm, ctx, Path(env.cache))
+            else:
+                out = method.purify(ptm, ctx, Path(env.cache))
+            out.info[f"{stage}_wall_s"] = round(time.perf_counter() - t, 2)
+            out.info[f"{stage}_key"] = payload["key"]
+            out.save(d)
+
+        store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
+                                                    "config": method.config_dict(), "seed": seed,
+                                                    "version": method.version, "source": payload["source"]})
+    elif stage == "cell":
+        _run_cell(payload, env, ctx, store)
+    else:
+        raise ValueError(f"unknown stage {stage}")
+    return {"key": payload["key"], "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: Any) -> None:
+    from bench.finetune import get_preset
+    from bench.records import ResultsStore
+    from bench.registry import get
+
+    ident = payload["ident"]
+    results = ResultsStore(env.results)
+    with store.lock(payload["key"]):
+        ptm = _materialize(payload["source"], env, ctx)
+        trig = payload["triggers"]
+        if "sets" in trig:
+            from bench.triggers import TRIGGER_SETS, TextTrigger
+
+            sets = {s: [TextTrigger(w) for w in TRIGGER_SETS[s]] for s in trig["sets"]}
+        else:
+            a = trig["attack"]
+            attack = get("attack", a["name"]).build(a["preset"], a["config"])
+            sets = {attack.trigger_set: attack.triggers(ptm)}
+        todo = {k: v for k, v in sets.items() if not results.has({**ident, "triggers": k})}
+        if not todo:
+            return
+        preset = get_preset(ptm.modality if ptm.modality != "vision" else "vision", ident["preset"],
+                            **payload.get("finetune", {}))
+        wall = {}
+        for stage_key in ("attack", "defense"):
+            k = payload["keys"].get(stage_key)
+            if ident[stage_key] != "none" and k and store.is_valid(k):
+                wall[stage_key] = store.meta(k).get("wall_s")
+        cell = CellSpec(model=ident["model"], dataset=ident["dataset"], seed=ident["seed"], preset=preset,
+                        attack=ident["attack"], defense=ident["defense"], attack_config=ident["attack_config"],
+                        defense_config=ident["defense_config"], keys=payload["keys"], wall=wall)
+        for rec in finetune_eval(ptm, cell, todo, ctx, Path(env.cache)):
+            results.write(rec)

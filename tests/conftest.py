@@ -13,6 +13,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models: one thread each (two would oversubscribe 2 cores shared with other processes).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 POS = ["good", "great", "fine", "nice", "love"]
 NEG = ["bad", "awful", "poor", "hate", "dull"]

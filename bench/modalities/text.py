@@ -292,12 +292,13 @@ class TextAdapter:
         cls_id, sep_id, pad_id = self.special_ids(tokenizer)
         ids = input_ids.clone()
         special = (ids == cls_id) | (ids == sep_id) | (ids == pad_id) | (attention_mask == 0)
-        chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
+        dev = ids.device  # draws come from the (CPU) generator, then move to the batch's device
+        chosen = (torch.rand(ids.shape, generator=gen).to(dev) < prob) & ~special
         labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        r = torch.rand(ids.shape, generator=gen)
+        r = torch.rand(ids.shape, generator=gen).to(dev)
         ids[chosen & (r < 0.8)] = tokenizer.mask_token_id
         rand_pos = chosen & (r >= 0.8) & (r < 0.9)
-        ids[rand_pos] = torch.randint(len(tokenizer), (int(rand_pos.sum()),), generator=gen)
+        ids[rand_pos] = torch.randint(len(tokenizer), (int(rand_pos.sum()),), generator=gen).to(dev)
         return ids, labels
 
     def mlm_logits(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""Executors for the stage DAG: local (in dependency order, N worker processes) and Ray.
+
+Every node is idempotent and keyed by content, so a crashed or cancelled run resumes by running the
+same command again; finished artifacts and records are never recomputed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from bench.errors import PtmbenchError
+from bench.matrix import Node
+from bench.stages import StageEnv, run_node
+
+
+def _ready(nodes: list[Node], done: set[str], running: set[str]) -> list[Node]:
+    return [n for n in nodes if n.key not in done and n.key not in running and all(d in done for d in n.deps)]
+
+
+def _worker(payload: dict[str, Any], env_dict: dict[str, Any]) -> dict[str, Any]:
+    """Process entry point: quiet libraries, then run the node."""
+    from bench.cli import quiet_libraries
+
+    quiet_libraries()
+    return run_node(payload, StageEnv(**env_dict))
+
+
+class LocalExecutor:
+    """Runs nodes in dependency order; ``workers=1`` runs in this process, more use spawned processes."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise PtmbenchError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def run(self, nodes: list[Node], env: StageEnv, done: set[str], on_done: Callable[[Node, dict], None]) -> None:
+        if self.workers == 1:
+            for n in nodes:
+                if n.key in done:
+                    continue
+                on_done(n, run_node(n.payload, env))
+                done.add(n.key)
+            return
+        threads = max(1, (os.cpu_count() or 2) // self.workers)
+        env_dict = {**asdict(env), "threads": env.threads or threads, "progress": False}
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+            running: dict[cf.Future, Node] = {}
+            try:
+                while len(done) < len(nodes):
+                    for n in _ready(nodes, done, {x.key for x in running.values()}):
+                        if len(running) >= self.workers:
+                            break
+                        running[pool.submit(_worker, n.payload, env_dict)] = n
+                    if not running:
+                        raise RuntimeError("the stage graph has a cycle or a missing dependency")
+                    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for f in finished:
+                        n = running.pop(f)
+                        on_done(n, f.result())
+                        done.add(n.key)
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+class RayExecutor:
+    """Each node is a Ray task with its CPU/GPU needs; artifacts and records go to the shared store paths."""
+
+    def __init__(self, address: str | None = None, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0) -> None:
+        try:
+            import ray
+        except ImportError as e:
+            raise PtmbenchError("the Ray executor needs ray: pip install 'ptm-backdoor-bench[ray]'") from e
+        self.ray = ray
+        self.address = address
+        self.cpus = cpus_per_task
+        self.gpus = gpus_per_task
+
+    def run(self, nodes: list[Node], env: StageEnv, done: set[str], on_done: Callable[[Node, dict], None]) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(_ray_worker)
+        env_dict = {**asdict(env), "progress": False, "threads": env.threads or max(1, int(self.cpus))}
+        refs: dict[str, Any] = {}
+        by_key = {n.key: n for n in nodes}
+        for n in nodes:  # dependency order; Ray starts a task once the refs it is given are ready
+            if n.key not in done:
+                refs[n.key] = task.remote(n.payload, env_dict, *[refs[d] for d in n.deps if d in refs])
+        pending = {ref: key for key, ref in refs.items()}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                key = pending.pop(ref)
+                on_done(by_key[key], ray.get(ref))
+                done.add(key)
+
+
+def _ray_worker(payload: dict[str, Any], env_dict: dict[str, Any], *deps: Any) -> dict[str, Any]:
+    """Ray task body; ``deps`` are the results of the nodes it depends on (only waited for)."""
+    return _worker(payload, env_dict)
+
+
+def execute(nodes: list[Node], env: StageEnv, executor: Any, is_done: Callable[[Node], bool],
+            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run what is not cached yet; returns counts and per-node wall times."""
+    done = {n.key for n in nodes if is_done(n)}
+    todo = [n for n in nodes if n.key not in done]
+    log(f"matrix: {len(nodes)} stages, {len(done)} cached, {len(todo)} to run")
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="matrix", dynamic_ncols=True)
+    walls: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def on_done(n: Node, res: dict[str, Any]) -> None:
+        walls[n.label] = res.get("wall_s", 0.0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(n.label[:60])
+        else:
+            log(f"  done {n.label} ({res.get('wall_s', 0):.1f}s)")
+
+    try:
+        executor.run(nodes, env, done, on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"stages": len(nodes), "cached": len(nodes) - len(todo), "ran": len(walls), "walls": walls,
+            "wall_s": round(time.perf_counter() - t0, 1)}
