@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", default=None, help="override the matrix's precision (fp32, bf16, auto)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
+    pl = sub.add_parser("plot", help="draw ASR-vs-CACC and grouped AASR bars (PNG + SVG) from a results store")
+    pl.add_argument("results", type=Path, help="results store directory (holding records/)")
+    pl.add_argument("--out", type=Path, default=None, help="where to write plots (default RESULTS/plots)")
+
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
     t.add_argument("--out", type=Path, default=None, help="where to write tables (default: the store)")
@@ -244,14 +248,31 @@ def cmd_run(args: argparse.Namespace) -> int:
                    precision=precision, progress=not args.no_progress)
     store.clean_tmp()
     summary = execute(nodes, env, executor, done, progress=not args.no_progress)
-    paths = write_tables(results.load(), results.root)
+    records = results.load()
+    paths = write_tables(records, results.root)
+    from bench.plots import plot_all
+    from bench.records import cells_frame
+
+    plot_all(cells_frame(records), results.root / "plots")
     print(paths["matrix_md"].read_text())
     print(f"{summary['ran']} stages ran, {summary['cached']} cached, {summary['wall_s']:.0f}s; "
           f"tables in {results.root}/")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bench.plots import plot_all
+    from bench.records import ResultsStore, cells_frame
+
+    paths = plot_all(cells_frame(ResultsStore(args.results).load()), args.out or args.results / "plots")
+    if not paths:
+        raise PtmbenchError(f"no triggered cells in {args.results}; nothing to plot")
+    for p in paths:
+        print(p)
+    return 0
+
+
+COMMANDS = {"plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,10 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
     attacks = spec.method_entries("attack")
     defenses = spec.method_entries("defense")
     attack_objs = {e.name: _method("attack", e, spec.preset) for e in attacks if e.name != NONE}
-    control = list(spec.control_triggers) or sorted({a.trigger_set for a in attack_objs.values()}) or ["por", "neuba"]
+    named = list(spec.control_triggers) or ([] if attack_objs else ["por", "neuba"])
+    control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
+    control_attacks = [{"name": e.name, "preset": e.preset or spec.preset, "config": e.config}
+                       for e in attacks if e.name != NONE]
     zoo = Zoo(store, store.root.parent)
     for model in spec.models:
         mspec = get("model", model) if not Path(model).is_dir() else None
@@ -150,7 +153,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
         for a in attacks:
             if a.name == NONE:
                 akey, asrc, adeps, acfg = zkey, root, ([zkey] if zoo_node else []), {}
-                trig = {"sets": control}
+                trig = {"attacks": control_attacks, "named": named, "sets": control_sets}
             else:
                 obj = attack_objs[a.name]
                 acfg = obj.config_dict()
@@ -161,7 +164,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                                              "config": a.config, "source": root, "seed": spec.attack_seed,
                                              "key": akey}))
                 asrc, adeps = {"kind": "artifact", "key": akey}, [akey]
-                trig = {"attack": {"name": a.name, "preset": a.preset or spec.preset, "config": a.config}}
+                trig = {"attacks": [{"name": a.name, "preset": a.preset or spec.preset, "config": a.config}],
+                        "named": [], "sets": [obj.trigger_set]}
             for d in defenses:
                 if d.name == NONE:
                     dkey, dsrc, ddeps, dcfg = akey, asrc, adeps, {}
@@ -193,11 +197,7 @@ def expected_record_ids(node: Node, trigger_set_names: list[str]) -> list[str]:
 
 
 def cell_trigger_sets(node: Node) -> list[str]:
-    trig = node.payload["triggers"]
-    if "sets" in trig:
-        return list(trig["sets"])
-    a = trig["attack"]
-    return [get("attack", a["name"]).trigger_set]
+    return list(node.payload["triggers"]["sets"])
 
 
 def is_done(node: Node, store: ArtifactStore, results: ResultsStore) -> bool:

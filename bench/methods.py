@@ -17,6 +17,9 @@ from bench.errors import PtmbenchError
 from bench.ptm import PTM
 
 
+SCALES = ("paper", "demo", "smoke")  # the suite-wide scale presets every method accepts
+
+
 class Method:
     """Shared by :class:`attacks.base.Attack` and :class:`defenses.base.Defense`."""
 
@@ -34,8 +37,8 @@ class Method:
     def build(cls, preset: str = "paper", overrides: dict[str, Any] | None = None, where: str = "") -> Method:
         """The method with ``preset``'s overrides (``paper`` = the reference defaults) plus ``overrides``."""
         where = where or f"{cls.kind} {cls.name}"
-        if preset != "paper" and preset not in cls.presets:
-            known = ", ".join(["paper", *cls.presets])
+        if preset not in SCALES and preset not in cls.presets:  # a scale the method does not shrink = paper
+            known = ", ".join(dict.fromkeys([*SCALES, *cls.presets]))
             raise PtmbenchError(f"{where}: unknown preset {preset!r}; known presets: {known}")
         values = {**cls.presets.get(preset, {}), **(overrides or {})}
         return cls(from_dict(cls.Config, values, where))

@@ -150,15 +150,13 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
     results = ResultsStore(env.results)
     with store.lock(payload["key"]):
         ptm = _materialize(payload["source"], env, ctx)
-        trig = payload["triggers"]
-        if "sets" in trig:
-            from bench.triggers import TRIGGER_SETS, TextTrigger
+        from bench.triggers import TRIGGER_SETS, TextTrigger
 
-            sets = {s: [TextTrigger(w) for w in TRIGGER_SETS[s]] for s in trig["sets"]}
-        else:
-            a = trig["attack"]
+        trig = payload["triggers"]
+        sets = {name: [TextTrigger(w) for w in TRIGGER_SETS[name]] for name in trig["named"]}
+        for a in trig["attacks"]:  # the attack's own triggers (for no-attack cells: the clean-model control)
             attack = get("attack", a["name"]).build(a["preset"], a["config"])
-            sets = {attack.trigger_set: attack.triggers(ptm)}
+            sets.setdefault(attack.trigger_set, attack.triggers(ptm))
         todo = {k: v for k, v in sets.items() if not results.has({**ident, "triggers": k})}
         if not todo:
             return

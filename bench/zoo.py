@@ -114,10 +114,10 @@ class MLMBuildConfig:
     heldout_share: float = 0.1
     max_len: int = 64
     batch_size: int = 32
-    head_steps: int = 400
-    head_lr: float = 1e-3
-    full_steps: int = 800
-    full_lr: float = 5e-5
+    head_steps: int = 200
+    head_lr: float = 2e-3
+    full_steps: int = 400
+    full_lr: float = 1e-4
     eval_sequences: int = 512
 
 
