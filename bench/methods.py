@@ -16,7 +16,6 @@ from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.ptm import PTM
 
-
 SCALES = ("paper", "demo", "smoke")  # the suite-wide scale presets every method accepts
 
 
