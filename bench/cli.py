@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ptmbench: error: {e}".splitlines()[0], file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("ptmbench: interrupted", file=sys.stderr)
+        print("ptmbench: interrupted; finished stages are kept — run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -90,6 +90,14 @@ def test_sigkill_at_several_points_then_resume_gives_identical_cells(baseline, t
     assert list(art.glob(".tmp-*")) == []
 
 
+def test_two_local_workers_match_one(baseline, tmp_path):
+    env, m, res, _ = baseline
+    env = {**env, "PTMBENCH_CACHE": str(tmp_path / "cache")}
+    out = cli(env, "run", str(m), "--results", str(tmp_path / "res"), "--workers", "2", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    pd.testing.assert_frame_equal(cells(tmp_path / "res"), cells(res))
+
+
 def test_ray_executor_matches_local(baseline, tmp_path):
     pytest.importorskip("ray")
     env, m, res, _ = baseline
