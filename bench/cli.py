@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", default=None, help="override the matrix's precision (fp32, bf16, auto)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
+    an = sub.add_parser("analyze", help="analyses of PTMs")
+    ansub = an.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    aa = ansub.add_parser("activations", help="selective activation: first-token FFN shift under triggers")
+    aa.add_argument("--ptm", action="append", required=True, metavar="LABEL=MODEL",
+                    help="a PTM to compare (zoo name or PTM directory), optionally labelled; repeat")
+    aa.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
+    aa.add_argument("--dataset", default="bookcorpus", help="inputs to trigger (an aux corpus by default)")
+    aa.add_argument("--samples", type=int, default=256)
+    aa.add_argument("--max-len", type=int, default=64)
+    aa.add_argument("--seed", type=int, default=0)
+    aa.add_argument("--out", type=Path, required=True, help="directory for the CSV and the figure")
+    _common(aa)
+
     pl = sub.add_parser("plot", help="draw ASR-vs-CACC and grouped AASR bars (PNG + SVG) from a results store")
     pl.add_argument("results", type=Path, help="results store directory (holding records/)")
     pl.add_argument("--out", type=Path, default=None, help="where to write plots (default RESULTS/plots)")
@@ -260,6 +273,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bench import data
+    from bench.analysis import activation_shift, plot_shifts, shift_frame
+    from bench.artifacts import ArtifactStore, atomic_write_text
+    from bench.triggers import parse_text_triggers
+    from bench.zoo import Zoo
+
+    if args.samples < 1:
+        raise PtmbenchError(f"--samples must be >= 1, got {args.samples}")
+    data.spec(args.dataset)
+    sets = parse_text_triggers(args.triggers)
+    triggers = [t for s in sets.values() for t in s]
+    if not triggers:
+        raise PtmbenchError("--triggers names no trigger")
+    entries = [p.split("=", 1) if "=" in p else [Path(p).name, p] for p in args.ptm]
+    ctx = _ctx(args, seed=args.seed)
+    cache = _cache(args)
+    zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
+    frames = []
+    for label, source in entries:
+        ptm, _ = zoo.load(source, ctx)
+        split = "train" if "train" in data.spec(args.dataset).splits else "validation"
+        inputs = ptm.adapter.load_split(ptm, args.dataset, split, args.samples, cache)
+        frames.append(shift_frame(label, activation_shift(ptm, inputs, triggers, args.max_len, ctx)))
+    df = pd.concat(frames, ignore_index=True)
+    atomic_write_text(args.out / "selective_activation.csv", df.to_csv(index=False, float_format="%.5g"))
+    for p in plot_shifts(df, args.out, title=f"first-token FFN shift, triggers: {args.triggers}"):
+        print(p)
+    top = df[df["rank"] < 5].groupby("ptm", sort=False)["shift"].max()
+    for label, v in top.items():
+        print(f"{label:<20} largest neuron shift {v:.3f}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from bench.plots import plot_all
     from bench.records import ResultsStore, cells_frame
@@ -272,7 +321,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
+COMMANDS = {"analyze": cmd_analyze, "plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,15 @@ def test_data_and_zoo_listing(env):
     assert out.returncode == 0 and "ok" in out.stdout
     out = ptmbench(env, "zoo", "list")
     assert out.returncode == 0 and "minilm-l6-mlm" in out.stdout
+
+
+def test_analyze_activations_writes_csv_and_figure(env, bert_dir, tmp_path):
+    out = ptmbench(env, "analyze", "activations", "--ptm", f"clean={bert_dir}", "--ptm", f"again={bert_dir}",
+                   "--triggers", "neuba", "--dataset", "sst2", "--samples", "8", "--out", str(tmp_path / "a"))
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "a" / "selective_activation.csv")
+    assert set(df.ptm) == {"clean", "again"} and set(df.layer) == {0, 1}
+    assert len(df) == 2 * 2 * 64  # two PTMs x two layers x 64 FFN neurons
+    same = df.pivot_table(index=["layer", "rank"], columns="ptm", values="shift")
+    assert (same["clean"] - same["again"]).abs().max() < 1e-5  # same PTM, same inputs -> same shifts
+    assert (tmp_path / "a" / "selective_activation.png").is_file()
