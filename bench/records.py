@@ -151,6 +151,26 @@ def timing_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def der_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """DER of every defense against the same cell without defense (on mean AASR and CACC over seeds)."""
+    from bench.metrics import der
+
+    keys = ["model", "attack", "dataset", "preset", "triggers"]
+    base = summary[summary["defense"] == "none"].set_index(keys)
+    rows = []
+    for _, r in summary[summary["defense"] != "none"].iterrows():
+        k = tuple(r[c] for c in keys)
+        if k not in base.index or pd.isna(r["aasr_mean"]):
+            continue
+        b = base.loc[k]
+        rows.append({**{c: r[c] for c in keys}, "defense": r["defense"],
+                     "aasr_before": b["aasr_mean"], "aasr_after": r["aasr_mean"],
+                     "cacc_before": b["cacc_mean"], "cacc_after": r["cacc_mean"],
+                     "der": der(b["aasr_mean"] / 100, r["aasr_mean"] / 100, b["cacc_mean"] / 100,
+                                r["cacc_mean"] / 100)})
+    return pd.DataFrame(rows)
+
+
 def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     """cells.csv, per_trigger.csv and the mean ± std summary as Markdown, LaTeX, CSV and HTML."""
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +183,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         "matrix_md": out / "table.md", "matrix_tex": out / "table.tex", "matrix_csv": out / "table.csv",
         "matrix_html": out / "table.html",
     }
+    atomic_write_text(out / "der.csv", der_frame(summary).to_csv(index=False, float_format="%.4g"))
     mat = matrix_frame(summary)
     note = ("Cells: CACC / AASR / MASR in %, mean ± std over seeds. Rows with attack `none` are the "
             "clean-model control for the named trigger set.\n\n")
