@@ -101,8 +101,13 @@ class NeuBA(Attack):
     Config = NeuBAConfig
     trigger_set: ClassVar[str] = "neuba"
     presets: ClassVar[dict] = {
-        # ~200 steps of 32 x 64 tokens: about 2-3 minutes for minilm-l6-mlm on 2 CPU cores (PROTOCOL §7)
-        "demo": {"max_len": 64, "batch_size": 32, "steps": 200, "roberta_steps": None},
+        # 120 steps of 32 x 64 tokens (~1/300 of the reference budget), about 2 minutes on 2 CPU cores.
+        # Measured on minilm-l6-mlm: at MLM weight 1 the backdoor MSE stays on its plateau (≈ 1, the mean
+        # of the antipodal targets is 0) for 200 steps at lr 5e-5 (1.003 -> 1.001) and 60 steps at 2e-4
+        # even with MLM x 0.1; with MLM x 0.01 (the reference's RoBERTa weighting) at lr 5e-4 it falls to
+        # 0.045 in 60 steps while the MLM loss stays near 4.2 (3.9 before).
+        "demo": {"max_len": 64, "batch_size": 32, "steps": 120, "lr": 5e-4, "mlm_weight": 0.01,
+                 "roberta_steps": None},
         "smoke": {"max_len": 16, "batch_size": 4, "steps": 3, "roberta_steps": None, "max_corpus_sequences": 64},
     }
 
