@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ptmbench: error: {e}".splitlines()[0], file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except KeyboardInterrupt:
         print("ptmbench: interrupted; finished stages are kept — run the same command again to resume",
               file=sys.stderr)

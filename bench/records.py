@@ -121,8 +121,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The human table: one row per group, metrics as 'mean ± std' percentages."""
     df = summary[["model", "attack", "defense", "dataset", "preset", "triggers", "seeds"]].copy()
-    for m in ("cacc", "aasr", "masr", "casr", "alc"):
-        df[m.upper()] = [fmt_pm(a, b, n) for a, b, n in zip(summary[f"{m}_mean"], summary[f"{m}_std"],
+    for m, title in (("cacc", "CACC"), ("aasr", "AASR"), ("masr", "MASR"), ("casr", "C-ASR"), ("alc", "ALC")):
+        df[title] = [fmt_pm(a, b, n) for a, b, n in zip(summary[f"{m}_mean"], summary[f"{m}_std"],
                                                              summary["seeds"])]
     return df
 
