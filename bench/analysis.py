@@ -88,11 +88,8 @@ def plot_shifts(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
     axes.flat[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"selective_activation.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
-        paths.append(p)
+    from bench.plots import save_figure
+
+    paths = save_figure(fig, out, "selective_activation")
     plt.close(fig)
     return paths

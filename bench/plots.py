@@ -9,7 +9,8 @@ import pandas as pd
 from bench.records import summary_frame
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
+def save_figure(fig, out: Path, name: str) -> list[Path]:
+    """PNG + SVG (SVG without a date, so re-runs give identical files)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
@@ -46,7 +47,7 @@ def plot_all(cells: pd.DataFrame, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("AASR (%)")
     axes[0][-1].legend(fontsize=7, loc="best")
-    paths += _save(fig, out, "asr_vs_cacc")
+    paths += save_figure(fig, out, "asr_vs_cacc")
     plt.close(fig)
     # 2. grouped bars: AASR per attack (groups) and defense (bars), averaged over datasets
     g = s.groupby(["attack", "defense"], sort=False)["aasr_mean"].mean().unstack("defense")
@@ -56,6 +57,6 @@ def plot_all(cells: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="defense", fontsize=7)
-    paths += _save(fig, out, "aasr_bars")
+    paths += save_figure(fig, out, "aasr_bars")
     plt.close(fig)
     return paths
