@@ -93,12 +93,14 @@ class ArtifactStore:
             raise
         return final
 
-    def get_or_create(self, key: str, writer: Callable[[Path], None], meta: Mapping[str, Any]) -> Path:
-        """Return a valid artifact, computing it (once, under a file lock) when missing or corrupt."""
+    def get_or_create(self, key: str, writer: Callable[[Path], None],
+                      meta: Mapping[str, Any]) -> tuple[Path, bool]:
+        """A valid artifact, computed (once, under a file lock) when missing or corrupt; and whether this
+        call computed it (False when it was cached or another runner made it while we waited)."""
         with self.lock(key):
             if self.is_valid(key):
-                return self.path(key)
-            return self.write(key, writer, meta)
+                return self.path(key), False
+            return self.write(key, writer, meta), True
 
     def require(self, key: str) -> Path:
         if not self.is_valid(key):

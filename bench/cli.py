@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="ptmbench", description="Benchmark task-agnostic backdoors in pre-trained models.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("--allow-pickle", action="store_true",
+                    help="load pickle checkpoints of upstream models, only via torch.load(weights_only=True)")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("data", help="the offline data mirror")
@@ -329,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("PTMBENCH_DEBUG"))
     quiet_libraries()
     try:
-        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+        if "--allow-pickle" in argv:  # inherited by worker processes; off unless asked for
+            os.environ["PTMBENCH_ALLOW_PICKLE"] = "1"
+        args = build_parser().parse_args([a for a in argv if a not in ("--debug", "--allow-pickle")])
         return COMMANDS[args.cmd](args)
     except PtmbenchError as e:
         if debug:

@@ -125,20 +125,26 @@ def execute(nodes: list[Node], env: StageEnv, executor: Any, is_done: Callable[[
 
         bar = tqdm(total=len(todo), desc="matrix", dynamic_ncols=True)
     walls: dict[str, float] = {}
+    computed: list[str] = []
     t0 = time.perf_counter()
 
     def on_done(n: Node, res: dict[str, Any]) -> None:
         walls[n.label] = res.get("wall_s", 0.0)
+        if res.get("computed", True):
+            computed.append(n.key)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(n.label[:60])
         else:
-            log(f"  done {n.label} ({res.get('wall_s', 0):.1f}s)")
+            how = "" if res.get("computed", True) else ", made by another runner"
+            log(f"  done {n.label} ({res.get('wall_s', 0):.1f}s{how})")
 
     try:
         executor.run(nodes, env, done, on_done)
     finally:
         if bar is not None:
             bar.close()
+    log(f"matrix: computed here {len(computed)} of {len(todo)} stages")
     return {"stages": len(nodes), "cached": len(nodes) - len(todo), "ran": len(walls), "walls": walls,
+            "computed": computed,
             "wall_s": round(time.perf_counter() - t0, 1)}

@@ -112,10 +112,13 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
     ctx = RunContext(seed=seed, device=env.device, precision=env.precision, progress=env.progress,
                      threads=env.threads)
     t0 = time.perf_counter()
+    computed = True
     if stage == "zoo":
         from bench.zoo import Zoo
 
+        was_valid = store.is_valid(payload["key"])
         Zoo(store, Path(env.cache)).load(payload["model"], ctx)
+        computed = not was_valid
     elif stage in ("attack", "defense"):
         method = get(stage, payload["method"]).build(payload["preset"], payload["config"])
 
@@ -131,17 +134,18 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
             out.info[f"{stage}_key"] = payload["key"]
             out.save(d)
 
-        store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
+        _, computed = store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
                                                     "config": method.config_dict(), "seed": seed,
                                                     "version": method.version, "source": payload["source"]})
     elif stage == "cell":
-        _run_cell(payload, env, ctx, store)
+        computed = _run_cell(payload, env, ctx, store)
     else:
         raise ValueError(f"unknown stage {stage}")
-    return {"key": payload["key"], "wall_s": round(time.perf_counter() - t0, 2)}
+    return {"key": payload["key"], "wall_s": round(time.perf_counter() - t0, 2), "computed": computed}
 
 
-def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: Any) -> None:
+def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: Any) -> bool:
+    """Fine-tune and score one cell under its lock; False when another runner already wrote its records."""
     from bench.finetune import get_preset
     from bench.records import ResultsStore
     from bench.registry import get
@@ -159,7 +163,7 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
             sets.setdefault(attack.trigger_set, attack.triggers(ptm))
         todo = {k: v for k, v in sets.items() if not results.has({**ident, "triggers": k})}
         if not todo:
-            return
+            return False
         preset = get_preset(ptm.modality if ptm.modality != "vision" else "vision", ident["preset"],
                             **payload.get("finetune", {}))
         wall = {}
@@ -172,3 +176,4 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
                         defense_config=ident["defense_config"], keys=payload["keys"], wall=wall)
         for rec in finetune_eval(ptm, cell, todo, ctx, Path(env.cache)):
             results.write(rec)
+    return True

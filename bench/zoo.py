@@ -70,7 +70,7 @@ class Zoo:
             ptm = spec.build(self, ctx)
             ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
 
-        path = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
+        path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
                                                      "version": spec.version})
         return load_ptm(path), key
 

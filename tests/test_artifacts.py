@@ -25,10 +25,11 @@ def test_write_is_atomic_and_validated(tmp_path):
         calls.append(1)
         (d / "w.txt").write_text("hello")
 
-    p = store.get_or_create("k1", writer, {"stage": "x"})
+    p, computed = store.get_or_create("k1", writer, {"stage": "x"})
+    assert computed
     assert (p / "w.txt").read_text() == "hello"
     assert store.is_valid("k1")
-    store.get_or_create("k1", writer, {"stage": "x"})
+    assert store.get_or_create("k1", writer, {"stage": "x"}) == (p, False)
     assert len(calls) == 1  # cached
     (p / "w.txt").write_text("tampered")
     assert not store.is_valid("k1")

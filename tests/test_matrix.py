@@ -71,11 +71,14 @@ def test_rerun_does_no_work(baseline):
     assert dry.returncode == 0 and dry.stdout.count("[cached]") == 7 and "[todo" not in dry.stdout
 
 
-def test_sigkill_at_several_points_then_resume_gives_identical_cells(baseline, tmp_path):
+def test_sigkill_at_random_moments_then_resume_gives_identical_cells(baseline, tmp_path):
+    import numpy as np
+
     env, m, res, _ = baseline
     env = {**env, "PTMBENCH_CACHE": str(tmp_path / "cache")}
     out_dir = tmp_path / "res"
-    for delay in (3.0, 6.0, 9.0, 12.0):
+    delays = np.random.default_rng(2024).uniform(2.5, 9.0, size=10)  # 10 kills at random moments
+    for delay in delays:
         p = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(m), "--results", str(out_dir),
                               "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -86,8 +89,25 @@ def test_sigkill_at_several_points_then_resume_gives_identical_cells(baseline, t
     assert final.returncode == 0, final.stderr[-2000:]
     pd.testing.assert_frame_equal(cells(out_dir), cells(res))
     assert len(list((out_dir / "records").glob("*.json"))) == 4
+    assert list(out_dir.glob("records/.*")) == []  # no half-written record
     art = tmp_path / "cache" / "artifacts"
     assert list(art.glob(".tmp-*")) == []
+
+
+def test_two_concurrent_runners_compute_each_stage_once(baseline, tmp_path):
+    import re
+
+    env, m, res, _ = baseline
+    env = {**env, "PTMBENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(m), "--results", str(tmp_path / "res"), "--no-progress"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    computed = [int(re.search(r"computed here (\d+) of", o[0]).group(1)) for o in outs]
+    assert sum(computed) == 7  # every stage computed by exactly one of the two runners
+    assert len(list((tmp_path / "res" / "records").glob("*.json"))) == 4
+    pd.testing.assert_frame_equal(cells(tmp_path / "res"), cells(res))
 
 
 def test_two_local_workers_match_one(baseline, tmp_path):
@@ -105,6 +125,35 @@ def test_ray_executor_matches_local(baseline, tmp_path):
     out = cli(env, "run", str(m), "--results", str(tmp_path / "res"), "--executor", "ray", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
     pd.testing.assert_frame_equal(cells(tmp_path / "res"), cells(res))
+
+
+def test_random_matrix_files_load_or_fail_cleanly(env, tmp_path):
+    """Property: any YAML mapping either loads into a MatrixSpec or raises PtmbenchError — nothing else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from bench.errors import PtmbenchError
+    from bench.matrix import MatrixSpec, load_matrix
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=False, width=32),
+                        st.sampled_from(["sst2", "none", "neuba", "recipe", "minilm-l6", "demo", "smoke", "x", ""]))
+    values = st.one_of(scalars, st.lists(scalars, max_size=3),
+                       st.lists(st.dictionaries(st.sampled_from(["name", "preset", "config", "bad"]), scalars,
+                                                max_size=3), max_size=2))
+    keys = st.sampled_from(["models", "datasets", "attacks", "defenses", "seeds", "preset", "finetune",
+                            "control_triggers", "precision", "name", "bogus"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.dictionaries(keys, values, max_size=7))
+    def check(doc):
+        f = tmp_path / "m.yaml"
+        f.write_text(yaml.safe_dump(doc))
+        try:
+            assert isinstance(load_matrix(f), MatrixSpec)
+        except PtmbenchError as e:
+            assert "\n" not in str(e)
+
+    check()
 
 
 BAD_SPECS = [

@@ -117,8 +117,10 @@ class TextAdapter:
         try:
             backbone = model_cls.from_pretrained(source, add_pooling_layer=True, use_safetensors=True)
         except OSError as e:
-            raise PtmbenchError(f"cannot load weights of {source!r} as safetensors ({str(e).splitlines()[0]}); "
-                                "pickle checkpoints are refused") from e
+            if not pickle_allowed():
+                raise PtmbenchError(f"cannot load weights of {source!r} as safetensors ({str(e).splitlines()[0]}); "
+                                    "pickle checkpoints are refused (opt in with --allow-pickle)") from e
+            backbone = _load_pickled(Path(source), model_cls, config)
         tokenizer = self._load_tokenizer(source, family)
         head = None
         if with_head:
@@ -315,6 +317,37 @@ class TextAdapter:
     def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         ids, labels = self.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
         return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels)
+
+
+def pickle_allowed() -> bool:
+    """The user's explicit opt-in (``ptmbench --allow-pickle`` sets PTMBENCH_ALLOW_PICKLE=1)."""
+    import os
+
+    return os.environ.get("PTMBENCH_ALLOW_PICKLE") == "1"
+
+
+def _load_pickled(directory: Path, model_cls: type, config: Any) -> nn.Module:
+    """A pickle checkpoint, opted into, read only through ``torch.load(weights_only=True)``."""
+    import pickle
+
+    files = [f for ext in ("bin", "pt", "pth", "pkl") for f in sorted(directory.glob(f"*.{ext}"))]
+    if not files:
+        raise PtmbenchError(f"{directory}: no safetensors and no pickle checkpoint (.bin/.pt/.pth/.pkl) found")
+    try:
+        state = torch.load(files[0], weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
+        raise PtmbenchError(f"{files[0]}: refused by torch.load(weights_only=True): "
+                            f"{str(e).splitlines()[0][:200]}") from e
+    if not isinstance(state, dict):
+        raise PtmbenchError(f"{files[0]}: not a state dict")
+    prefix = f"{config.model_type}."
+    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    model = model_cls(config, add_pooling_layer=True)
+    missing, _ = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "position_ids" not in m and not m.startswith("pooler.")]
+    if missing:
+        raise PtmbenchError(f"{files[0]}: weights do not match the config (missing {missing[:3]})")
+    return model
 
 
 def _is_byte_level(tok: Any) -> bool:
