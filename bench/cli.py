@@ -262,6 +262,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
                    precision=precision, progress=not args.no_progress)
     store.clean_tmp()
+    for n in nodes:  # report what is recomputed because it was altered or cut short
+        if n.stage != "cell" and store.path(n.key).exists() and not store.is_valid(n.key):
+            print(f"artifact {n.key} is corrupt or incomplete (sha256 mismatch or no meta.json); recomputing",
+                  file=sys.stderr)
     summary = execute(nodes, env, executor, done, progress=not args.no_progress)
     records = results.load()
     paths = write_tables(records, results.root)

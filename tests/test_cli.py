@@ -75,6 +75,41 @@ def _missing_mirror(mirror: Path, tmp_path: Path) -> Path:
     return bad
 
 
+def _mirror_with(mirror: Path, tmp_path: Path, name: str, split: str, ds) -> Path:
+    """A copy of the mirror whose sst2 ``split`` is replaced by ``ds`` (manifest updated, so only the
+    content is wrong, not the checksum)."""
+    import hashlib
+    import shutil
+
+    bad = tmp_path / name
+    shutil.copytree(mirror, bad)
+    rel = f"text/sst2/{split}.parquet"
+    ds.to_parquet(str(bad / rel))
+    manifest = json.loads((bad / "MANIFEST.json").read_text())
+    for f in manifest["files"]:
+        if f["path"] == rel:
+            f["sha256"] = hashlib.sha256((bad / rel).read_bytes()).hexdigest()
+            f["bytes"] = (bad / rel).stat().st_size
+            f["rows"] = len(ds)
+    (bad / "MANIFEST.json").write_text(json.dumps(manifest))
+    return bad
+
+
+def _no_label_mirror(mirror: Path, tmp_path: Path) -> Path:
+    import datasets
+
+    return _mirror_with(mirror, tmp_path, "nolabel", "train", datasets.Dataset.from_dict({"text": ["a b", "c d"]}))
+
+
+def _empty_mirror(mirror: Path, tmp_path: Path) -> Path:
+    import datasets
+
+    feats = datasets.Features({"text": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["negative", "positive"])})
+    return _mirror_with(mirror, tmp_path, "empty", "test", datasets.Dataset.from_dict({"text": [], "label": []},
+                                                                                       feats))
+
+
 BAD = [
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--dataset", "sst3"], "unknown dataset 'sst3'"),
@@ -85,8 +120,12 @@ BAD = [
     (["--precision", "fp8"], "precision 'fp8'"),
     (["--seed", "abc"], "invalid int value"),
     (["--model", "/nonexistent/dir/xyz"], "does not exist"),
+    (["--model", "bert-base-uncased"], "bert-base-uncased"),
+    (["--max-train", "0"], "--max-train must be >= 1"),
     ("corrupt", "sha256"),
     ("missing", "validation.parquet"),
+    ("nolabel", "label"),
+    ("empty", "test.parquet"),
 ]
 
 
@@ -100,6 +139,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, mirror, 
         env = {**env, "PTMBENCH_DATA_DIR": str(_corrupt_mirror(mirror, tmp_path))}
     elif case == "missing":
         env = {**env, "PTMBENCH_DATA_DIR": str(_missing_mirror(mirror, tmp_path))}
+    elif case == "nolabel":
+        env = {**env, "PTMBENCH_DATA_DIR": str(_no_label_mirror(mirror, tmp_path))}
+    elif case == "empty":
+        env = {**env, "PTMBENCH_DATA_DIR": str(_empty_mirror(mirror, tmp_path))}
     flat = [x for kv in args.items() for x in kv]
     out = ptmbench(env, "finetune", *flat, "--results", str(res))
     assert out.returncode == 2, out.stdout + out.stderr

@@ -71,6 +71,24 @@ def test_rerun_does_no_work(baseline):
     assert dry.returncode == 0 and dry.stdout.count("[cached]") == 7 and "[todo" not in dry.stdout
 
 
+def test_altered_artifact_is_reported_and_recomputed(baseline, tmp_path):
+    import shutil
+
+    env, m, res, _ = baseline
+    cache = tmp_path / "cache"
+    shutil.copytree(Path(env["PTMBENCH_CACHE"]), cache)
+    env = {**env, "PTMBENCH_CACHE": str(cache)}
+    (attack,) = (cache / "artifacts").glob("attack-neuba-*")
+    w = attack / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])  # truncated
+    out = cli(env, "run", str(m), "--results", str(tmp_path / "res"), "--no-progress")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"artifact {attack.name} is corrupt" in out.stderr
+    # the attack is recomputed; the defenses below it keep their (valid) artifacts; new results store
+    assert "2 cached, 5 to run" in out.stdout and "computed here 5 of 5" in out.stdout
+    pd.testing.assert_frame_equal(cells(tmp_path / "res"), cells(res))
+
+
 def test_sigkill_at_random_moments_then_resume_gives_identical_cells(baseline, tmp_path):
     import numpy as np
 
