@@ -37,7 +37,7 @@ def test_pickle_checkpoint_is_refused_and_never_unpickled(env, tmp_path):
 
 
 def _tiny_bert_dir(tmp_path: Path, name: str) -> Path:
-    from tests.conftest import wordpiece_tokenizer
+    from conftest import wordpiece_tokenizer
 
     d = tmp_path / name
     d.mkdir()
