@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     zb = zsub.add_parser("build", help="build (or find cached) a model and print its report")
     zb.add_argument("name")
     zb.add_argument("--report", type=Path, default=None, help="also write the build report as JSON here")
+    zb.add_argument("--rebuild", action="store_true",
+                    help="for models with committed weights (vit-tiny-tin32): retrain them from scratch")
+    zb.add_argument("--out", type=Path, default=None,
+                    help="with --rebuild: where to write the weights (default: the committed location)")
     _common(zb)
 
     f = sub.add_parser("finetune", help="fine-tune a PTM on a dataset and score clean accuracy and triggers")
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", required=True)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--preset", default="paper", help="downstream budget: paper, demo or smoke")
-    f.add_argument("--triggers", default="por,neuba",
-                   help="comma list of trigger-set names (por, neuba, badpre) and/or single words")
+    f.add_argument("--triggers", default=None,
+                   help="comma list of trigger-set names (text: por, neuba, badpre, or single words; default por,neuba; images: neuba-vision, the default)")
     f.add_argument("--results", type=Path, default=Path("ptmbench-results"),
                    help="results store; records go to RESULTS/records/")
     f.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")
     r.add_argument("--dry-run", action="store_true", help="print the stage DAG and what is cached; run nothing")
+    r.add_argument("--only", action="append", metavar="KEY=V[,V]",
+                   help="run a slice: the cells whose model/attack/defense/dataset/seed match (repeatable); "
+                        "the tables still cover every record in the results store")
     r.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
                    "or ~/.cache/ptmbench)")
     r.add_argument("--device", default=None, help="override the matrix's device")
@@ -90,10 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
     aa.add_argument("--seed", type=int, default=0)
     aa.add_argument("--out", type=Path, required=True, help="directory for the CSV and the figure")
     _common(aa)
+    al = ansub.add_parser("locus", help="where a backdoor lives: reset/transplant parameter families")
+    al.add_argument("--clean", required=True, help="the clean PTM (zoo name or PTM directory)")
+    al.add_argument("--backdoored", required=True, help="the backdoored PTM (PTM directory)")
+    al.add_argument("--purified", action="append", default=[], metavar="LABEL=DIR",
+                    help="a purified PTM to measure against the attack's delta; repeat")
+    al.add_argument("--triggers", default=None, help="trigger sets (default: neuba, or neuba-vision for a ViT)")
+    al.add_argument("--dataset", default=None, help="inputs to trigger (default: sst2 / catdog test)")
+    al.add_argument("--samples", type=int, default=256)
+    al.add_argument("--max-len", type=int, default=64)
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--out", type=Path, required=True, help="directory for locus.csv and locus.md")
+    _common(al)
 
     pl = sub.add_parser("plot", help="draw ASR-vs-CACC and grouped AASR bars (PNG + SVG) from a results store")
     pl.add_argument("results", type=Path, help="results store directory (holding records/)")
     pl.add_argument("--out", type=Path, default=None, help="where to write plots (default RESULTS/plots)")
+
+    pf = sub.add_parser("perf", help="performance comparisons")
+    pfsub = pf.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    pc = pfsub.add_parser("compare", help="reference-style pipelines (HF Trainer / BertForMaskedLM / per-trigger "
+                          "re-tokenising) vs ptmbench's on the same model, data and seed: time, samples/s, peak RSS")
+    pc.add_argument("--model", default="minilm-l6", help="zoo name, PTM directory or hub id (text)")
+    pc.add_argument("--dataset", default="sst2", help="labelled text dataset")
+    pc.add_argument("--max-train", type=int, default=2000, help="training samples for fine-tuning")
+    pc.add_argument("--max-eval", type=int, default=None, help="validation/test samples (default: whole splits)")
+    pc.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (both pipelines)")
+    pc.add_argument("--recipe-steps", type=int, default=100, help="RECIPE optimiser steps (both pipelines)")
+    pc.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
+    pc.add_argument("--seed", type=int, default=0)
+    pc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, e.g. OMP_NUM_THREADS)")
+    pc.add_argument("--out", type=Path, default=Path("results/perf"), help="writes OUT/compare.md and OUT/compare.json")
+    _common(pc)
 
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
@@ -142,11 +177,17 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from bench.artifacts import ArtifactStore, atomic_write_text
     from bench.zoo import Zoo
 
-    get("model", args.name)
+    spec = get("model", args.name)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
-    ptm, key = zoo.load(args.name, _ctx(args))
-    report = {"model": args.name, "key": key, "family": ptm.family, "info": ptm.info}
+    if args.rebuild or args.out:
+        if spec.rebuild is None:
+            raise PtmbenchError(f"--rebuild: model {args.name!r} has no committed weights; "
+                                f"'ptmbench zoo build {args.name}' builds and caches it")
+        report = spec.rebuild(zoo, _ctx(args), args.out)
+    else:
+        ptm, key = zoo.load(args.name, _ctx(args))
+        report = {"model": args.name, "key": key, "family": ptm.family, "info": ptm.info}
     text = json.dumps(report, indent=1, default=str)
     print(text)
     if args.report:
@@ -160,7 +201,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from bench.finetune import get_preset
     from bench.records import ResultsStore
     from bench.stages import CellSpec, finetune_eval
-    from bench.triggers import parse_text_triggers
+    from bench.triggers import named_trigger_sets, parse_text_triggers
     from bench.zoo import Zoo
 
     dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
@@ -173,7 +214,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise PtmbenchError(f"--max-train must be >= 1, got {args.max_train}")
     modality = "text" if dspec.modality == "text" else "vision"
     preset = get_preset(modality, args.preset, epochs=args.epochs, max_train=args.max_train)
-    trigger_sets = parse_text_triggers(args.triggers) if modality == "text" else {}
+    if modality == "text":
+        trigger_sets = parse_text_triggers(args.triggers or "por,neuba")
+    else:
+        trigger_sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
     store = ResultsStore(args.results)
     store.check_writable()
     for split in ("train", "validation", "test"):
@@ -239,11 +283,12 @@ def quiet_libraries() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.artifacts import ArtifactStore
     from bench.context import RunContext
-    from bench.matrix import is_done, load_matrix, plan
+    from bench.matrix import is_done, load_matrix, parse_only, plan, select
     from bench.records import ResultsStore, write_tables
     from bench.runner import LocalExecutor, RayExecutor, execute
     from bench.stages import StageEnv
 
+    only = parse_only(args.only or [])
     spec = load_matrix(args.matrix)
     device = args.device or spec.device
     precision = RunContext(device=device, precision=args.precision or spec.precision).precision
@@ -251,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = ArtifactStore(cache / "artifacts")
     results = ResultsStore(args.results or Path("results") / spec.name)
     results.check_writable()
-    nodes = plan(spec, store)
+    nodes = select(plan(spec, store), only)
     done = lambda n: is_done(n, store, results)  # noqa: E731
     if args.dry_run:
         for n in nodes:
@@ -280,6 +325,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.action == "locus":
+        return cmd_locus(args)
     import pandas as pd
 
     from bench import data
@@ -315,6 +362,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_locus(args: argparse.Namespace) -> int:
+    from bench.artifacts import ArtifactStore, atomic_write_text
+    from bench.locus import locate, to_markdown
+    from bench.triggers import named_trigger_sets, parse_text_triggers
+    from bench.zoo import Zoo
+
+    if args.samples < 1:
+        raise PtmbenchError(f"--samples must be >= 1, got {args.samples}")
+    ctx = _ctx(args, seed=args.seed)
+    cache = _cache(args)
+    zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
+    clean, _ = zoo.load(args.clean, ctx)
+    backdoored, _ = zoo.load(args.backdoored, ctx)
+    if clean.modality != backdoored.modality:
+        raise PtmbenchError(f"--clean is {clean.modality} and --backdoored is {backdoored.modality}")
+    purified = {}
+    for item in args.purified:
+        label, sep, path = item.partition("=")
+        if not sep:
+            raise PtmbenchError(f"--purified {item!r}: expected LABEL=DIR")
+        purified[label], _ = zoo.load(path, ctx)
+    if clean.modality == "text":
+        sets = parse_text_triggers(args.triggers or "neuba")
+        dataset = args.dataset or "sst2"
+    else:
+        sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
+        dataset = args.dataset or "catdog"
+    triggers = [t for s in sets.values() for t in s]
+    inputs = clean.adapter.load_split(clean, dataset, "test", args.samples, cache)
+    frame = locate(clean, backdoored, inputs, triggers, args.max_len, ctx, purified)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "locus.csv", frame.to_csv(index=False, float_format="%.5g"))
+    md = to_markdown(frame)
+    atomic_write_text(args.out / "locus.md", md)
+    print(md)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from bench.plots import plot_all
     from bench.records import ResultsStore, cells_frame
@@ -327,7 +412,43 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table}
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench import data
+    from bench.artifacts import ArtifactStore
+    from bench.context import RunContext
+    from bench.perf.compare import PerfOptions, run_compare, write_report
+    from bench.records import ResultsStore
+    from bench.triggers import parse_text_triggers
+    from bench.zoo import Zoo
+
+    opts = PerfOptions(model=args.model, dataset=args.dataset, max_train=args.max_train, max_eval=args.max_eval,
+                       epochs=args.epochs, recipe_steps=args.recipe_steps, triggers=args.triggers, seed=args.seed,
+                       threads=args.threads)
+    opts.validate()
+    dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
+    if dspec.modality != "text" or dspec.role != "downstream":
+        raise PtmbenchError(f"dataset {args.dataset!r} is not a labelled text dataset; choose e.g. sst2")
+    if not parse_text_triggers(args.triggers):
+        raise PtmbenchError("--triggers names no trigger")
+    ResultsStore(args.out).check_writable()
+    for split in ("train", "validation", "test"):
+        data.load_split(args.dataset, split, max_samples=1)  # mirror present and intact
+    ctx = RunContext(seed=args.seed, device=args.device, precision=args.precision, progress=args.progress,
+                     threads=args.threads)
+    cache = _cache(args)
+    ptm, _ = Zoo(ArtifactStore(cache / "artifacts"), cache).load(args.model, ctx)
+    label = Path(args.model).name if Path(args.model).is_dir() else args.model
+    comp = run_compare(ptm, opts, ctx, model_label=label, log=lambda s: print(f"[perf] {s}", file=sys.stderr,
+                                                                               flush=True))
+    comp.report["command"] = opts.command(args.out)
+    md, js = write_report(comp.report, args.out)
+    print(md.read_text())
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table,
+            "perf": cmd_perf}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,23 +125,45 @@ def _method(kind: str, entry: MethodEntry, default_preset: str) -> Any:
     return cls.build(entry.preset or default_preset, entry.config, where=f"{kind} {entry.name}")
 
 
+DATA_MODALITY = {"text": "text", "image": "vision"}  # dataset modality -> PTM modality
+
+
+def _dir_modality(p: Path) -> str:
+    import json
+
+    from bench.ptm import PTM_FILE
+
+    f = p / PTM_FILE
+    return json.loads(f.read_text()).get("modality", "text") if f.is_file() else "text"
+
+
 def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
     """Expand the matrix into nodes in dependency order, deduplicated by key."""
+    from bench.data import spec as dataset_spec
     from bench.finetune import get_preset
+    from bench.triggers import DEFAULT_CONTROL_SETS
     from bench.zoo import Zoo
 
     nodes: dict[str, Node] = {}
     attacks = spec.method_entries("attack")
     defenses = spec.method_entries("defense")
     attack_objs = {e.name: _method("attack", e, spec.preset) for e in attacks if e.name != NONE}
-    named = list(spec.control_triggers) or ([] if attack_objs else ["por", "neuba"])
-    control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
     control_attacks = [{"name": e.name, "preset": e.preset or spec.preset, "config": e.config}
                        for e in attacks if e.name != NONE]
     zoo = Zoo(store, store.root.parent)
     for model in spec.models:
         mspec = get("model", model) if not Path(model).is_dir() else None
-        modality = mspec.modality if mspec else "text"
+        modality = mspec.modality if mspec else _dir_modality(Path(model))
+        for name, obj in attack_objs.items():
+            if modality not in obj.modalities:
+                raise PtmbenchError(f"{spec.name}: attack {name!r} supports {', '.join(obj.modalities)} PTMs, and "
+                                    f"model {model!r} is {modality}; split the matrix by modality")
+        for ds in spec.datasets:
+            if DATA_MODALITY[dataset_spec(ds).modality] != modality:
+                raise PtmbenchError(f"{spec.name}.datasets: {ds!r} is an {dataset_spec(ds).modality} dataset and "
+                                    f"model {model!r} is {modality}; split the matrix by modality")
+        named = list(spec.control_triggers) or ([] if attack_objs else DEFAULT_CONTROL_SETS[modality])
+        control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
         preset = get_preset(modality, spec.preset, **spec.finetune)
         zkey = zoo.key(model) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},
                                                         None, None, "1")
@@ -190,6 +212,41 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                                                             "keys": {"zoo": zkey, "attack": akey, "defense": dkey},
                                                             "key": ckey}))
     return list(nodes.values())
+
+
+SELECT_KEYS = ("model", "attack", "defense", "dataset", "seed")
+
+
+def parse_only(items: list[str]) -> dict[str, set[str]]:
+    """``["dataset=sst2,agnews", "seed=0"]`` -> {"dataset": {"sst2", "agnews"}, "seed": {"0"}}."""
+    out: dict[str, set[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or key not in SELECT_KEYS or not values.strip():
+            raise PtmbenchError(f"--only {item!r}: expected KEY=V[,V...] with KEY one of {', '.join(SELECT_KEYS)}")
+        out.setdefault(key, set()).update(v.strip() for v in values.split(",") if v.strip())
+    return out
+
+
+def select(nodes: list[Node], only: dict[str, set[str]]) -> list[Node]:
+    """The cells matching every ``only`` filter, and the stages they depend on (in plan order)."""
+    if not only:
+        return nodes
+    by_key = {n.key: n for n in nodes}
+    keep: set[str] = set()
+    for n in nodes:
+        if n.stage == "cell" and all(str(n.payload["ident"][k]) in v for k, v in only.items()):
+            stack = [n.key]
+            while stack:
+                k = stack.pop()
+                if k not in keep:
+                    keep.add(k)
+                    stack.extend(by_key[k].deps)
+    if not keep:
+        wanted = " ".join(f"{k}={','.join(sorted(v))}" for k, v in only.items())
+        raise PtmbenchError(f"--only {wanted} selects no cell of this matrix; check the values against the matrix file")
+    return [n for n in nodes if n.key in keep]
 
 
 def expected_record_ids(node: Node, trigger_set_names: list[str]) -> list[str]:

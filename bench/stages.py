@@ -154,17 +154,17 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
     results = ResultsStore(env.results)
     with store.lock(payload["key"]):
         ptm = _materialize(payload["source"], env, ctx)
-        from bench.triggers import TRIGGER_SETS, TextTrigger
+        from bench.triggers import named_trigger_sets
 
         trig = payload["triggers"]
-        sets = {name: [TextTrigger(w) for w in TRIGGER_SETS[name]] for name in trig["named"]}
+        sets = named_trigger_sets(trig["named"], ptm.modality)
         for a in trig["attacks"]:  # the attack's own triggers (for no-attack cells: the clean-model control)
             attack = get("attack", a["name"]).build(a["preset"], a["config"])
             sets.setdefault(attack.trigger_set, attack.triggers(ptm))
         todo = {k: v for k, v in sets.items() if not results.has({**ident, "triggers": k})}
         if not todo:
             return False
-        preset = get_preset(ptm.modality if ptm.modality != "vision" else "vision", ident["preset"],
+        preset = get_preset(ptm.modality, ident["preset"],
                             **payload.get("finetune", {}))
         wall = {}
         for stage_key in ("attack", "defense"):

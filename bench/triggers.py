@@ -105,3 +105,92 @@ def parse_text_triggers(spec: str | list[str] | None) -> dict[str, list[TextTrig
         else:
             sets.setdefault("custom", []).append(TextTrigger(item))
     return sets
+
+
+# ------------------------------------------------------------------------------------------------ images
+COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (0, 255, 255), "magenta": (255, 0, 255),
+                                           "yellow": (255, 255, 0), "red": (255, 0, 0)}
+IMAGE_POSITIONS = ("corner", "random")
+
+
+def checkerboard(a: str, b: str, size: int = 4) -> np.ndarray:
+    """A ``size``×``size`` two-colour checkerboard, rows alternating a,b,a,b / b,a,b,a (uint8 H×W×3)."""
+    yy, xx = np.indices((size, size))
+    first = ((yy + xx) % 2 == 0)[..., None]
+    return np.where(first, np.array(COLOURS[a], np.uint8), np.array(COLOURS[b], np.uint8)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageTrigger:
+    """A patch pasted at the bottom-right corner (default) or at a per-sample random location."""
+
+    name: str
+    patch: tuple  # nested tuples of uint8 (H×W×3), hashable so the trigger stays a frozen value
+    position: str = "corner"
+    modality: str = "vision"
+
+    def __post_init__(self) -> None:
+        if self.position not in IMAGE_POSITIONS:
+            raise PtmbenchError(f"image trigger position {self.position!r} is not one of {', '.join(IMAGE_POSITIONS)}")
+
+    @classmethod
+    def from_array(cls, name: str, patch: np.ndarray, position: str = "corner") -> ImageTrigger:
+        arr = np.asarray(patch, dtype=np.uint8)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise PtmbenchError(f"image trigger {name!r}: patch must be H×W×3, got shape {arr.shape}")
+        return cls(name, tuple(tuple(tuple(px) for px in row) for row in arr.tolist()), position)
+
+    @property
+    def id(self) -> str:
+        return self.name if self.position == "corner" else f"{self.name}@random"
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.patch, dtype=np.uint8)
+
+    def paste(self, pixels: np.ndarray, seed: int = 0, offset: int = 0) -> np.ndarray:
+        """Triggered copy of uint8 images N×H×W×3 (``offset``: index of the first image, for the sample rng)."""
+        p = self.array
+        h, w = p.shape[:2]
+        n, H, W = pixels.shape[:3]
+        if h > H or w > W:
+            raise PtmbenchError(f"image trigger {self.name!r} ({h}x{w}) does not fit {H}x{W} images")
+        out = pixels.copy()
+        if self.position == "corner":
+            out[:, H - h:, W - w:] = p
+        else:
+            for i in range(n):
+                rng = sample_rng(seed, self.id, offset + i)
+                y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+                out[i, y:y + h, x:x + w] = p
+        return out
+
+    def apply(self, data: Any, processor: Any, seed: int) -> Any:
+        """Triggered copy of :class:`~bench.modalities.vision.ImageData` (labels kept)."""
+        from bench.modalities.vision import ImageData
+
+        return ImageData(self.paste(data.pixels, seed), data.labels)
+
+
+def neuba_patches(size: int = 4) -> list[ImageTrigger]:
+    """NeuBA's six vision triggers: checkerboards of the colour pairs i<j of cyan, magenta, yellow, red."""
+    names = list(COLOURS)
+    return [ImageTrigger.from_array(f"cb-{a}-{b}", checkerboard(a, b, size))
+            for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+IMAGE_TRIGGER_SETS: dict[str, Any] = {"neuba-vision": neuba_patches}
+
+
+def named_trigger_sets(names: list[str], modality: str) -> dict[str, list[Any]]:
+    """Named sets for a modality: text words (``por``, ``neuba``, ``badpre``) or image patches (``neuba-vision``)."""
+    table = TRIGGER_SETS if modality == "text" else IMAGE_TRIGGER_SETS
+    out: dict[str, list[Any]] = {}
+    for n in names:
+        if n not in table:
+            raise PtmbenchError(f"trigger set {n!r} has no {modality} version; {modality} sets: {', '.join(table)}")
+        out[n] = [TextTrigger(w) for w in table[n]] if modality == "text" else table[n]()
+    return out
+
+
+DEFAULT_CONTROL_SETS = {"text": ["por", "neuba"], "vision": ["neuba-vision"]}

@@ -35,6 +35,7 @@ class ModelSpec:
     version: str = "1"
     config: dict[str, Any] = field(default_factory=dict)
     cached: bool = True
+    rebuild: Callable[[Zoo, RunContext, Path | None], dict[str, Any]] | None = None  # committed-weights models
 
 
 class Zoo:
@@ -55,6 +56,12 @@ class Zoo:
         if name.startswith(("/", "./", "../", "~")):
             raise PtmbenchError(f"model directory {name} does not exist; pass a zoo name, a PTM directory or a hub id")
         if name not in names("model"):
+            if name.startswith(("vit_", "timm/", "deit", "beit", "eva")):
+                from bench.modalities.vision import ADAPTER as VISION
+
+                ptm = VISION.from_pretrained(name)
+                return ptm.with_lineage({"stage": "zoo", "source": name}), content_key("zoo", "timm", {"id": name},
+                                                                                      None, None, "1")
             if "/" in name or name.startswith(("bert", "roberta")):
                 ptm = TEXT.from_pretrained(name)
                 return ptm.with_lineage({"stage": "zoo", "source": name}), content_key("zoo", "hub", {"id": name}, None,
@@ -257,3 +264,150 @@ register("model", "roberta-minilm-l6")(ModelSpec(
     "roberta-minilm-l6", "text", "roberta",
     "RoBERTa architecture carrying minilm-l6-mlm's weights (WordPiece vocabulary): a RoBERTa code path, "
     "not RoBERTa pretraining", _build_roberta_minilm, config={"from": "minilm-l6-mlm", **asdict(MLM_CFG)}))
+
+
+# ------------------------------------------------------------------------------------------ vit-tiny-tin32
+@dataclass(frozen=True)
+class ViTPretrainConfig:
+    """Supervised pretraining of ``vit-tiny-tin32`` on Tiny-ImageNet train (fixed seed, recorded top-1)."""
+
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    dataset: str = "tiny-imagenet"
+    epochs: float = 4.0
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_share: float = 0.05
+    augment: bool = True
+    max_train: int | None = None
+    seed: int = 0
+
+    def vit_kwargs(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
+                "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
+
+
+VIT_CFG = ViTPretrainConfig()
+VIT_NAME = "vit-tiny-tin32"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUILD_FILE = "build.json"
+
+
+@torch.inference_mode()
+def top1(ptm: PTM, data: Any, ctx: RunContext, batch_size: int = 256) -> float:
+    """Top-1 accuracy of the pretraining head on labelled images."""
+    adapter = ptm.adapter
+    ptm.backbone.eval()
+    ptm.pt_head.eval()
+    correct = 0
+    for idx in adapter.batches(adapter.lengths(data), batch_size, None, shuffle=False):
+        batch = adapter.collate(ptm, data, idx, None, ctx.device)
+        with ctx.autocast():
+            logits = adapter.pretrain_logits(ptm, batch)
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    return correct / max(1, len(data))
+
+
+def pretrain_vit(cfg: ViTPretrainConfig, ctx: RunContext, cache_dir: Path) -> PTM:
+    """Train a timm ViT from scratch on the pretraining set; the PTM's info holds the build report."""
+    from bench import data as bdata
+    from bench.modalities.vision import ADAPTER as VISION
+    from bench.modalities.vision import ImageProcessor, ViTConfig, augment
+    from bench.train import steps_for
+
+    n_classes = bdata.spec(cfg.dataset).num_classes
+    ctx = RunContext(seed=cfg.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress,
+                     threads=ctx.threads)
+    with ctx.seeded("vit-init"):
+        ptm = VISION.new(ViTConfig(None, cfg.vit_kwargs(), n_classes), n_classes, ImageProcessor(cfg.img_size))
+    train_data = VISION.load_split(ptm, cfg.dataset, "train", cfg.max_train, cache_dir)
+    val = VISION.load_split(ptm, cfg.dataset, "validation", None, cache_dir)
+    steps = steps_for(len(train_data), cfg.batch_size, cfg.epochs)
+    gen = ctx.torch_generator("vit-augment")
+    lengths = VISION.lengths(train_data)
+
+    def epoch(e: int) -> list[np.ndarray]:
+        return VISION.batches(lengths, cfg.batch_size, ctx.rng("vit-batches", e), shuffle=True)
+
+    def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = VISION.collate(ptm, train_data, idx, None, ctx.device)
+        if cfg.augment:
+            batch["pixel_values"] = augment(batch["pixel_values"], gen)
+        return VISION.pretrain_loss(ptm, batch), {}
+
+    optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, clip=1.0, schedule="linear",
+                        warmup_steps=int(cfg.warmup_share * steps))
+    with ctx.seeded("vit-train"):
+        res = train([ptm.backbone, ptm.pt_head], list(ptm.parameters()), loss_fn, cycle_epochs(epoch), steps, optim,
+                    ctx, desc="vit-pretrain")
+    ptm.info["vit_build"] = {"config": asdict(cfg), "train": res.summary(), "train_images": len(train_data),
+                             "val_images": len(val), "val_top1": top1(ptm, val, ctx), "precision": ctx.precision}
+    return ptm
+
+
+def committed_vit_dir() -> Path:
+    return WEIGHTS_DIR / VIT_NAME
+
+
+def write_committed(ptm: PTM, directory: Path) -> dict[str, Any]:
+    """Save the PTM as fp16 safetensors plus build.json (config, top-1, sha256 of every file)."""
+    import json
+    import shutil
+
+    from bench.artifacts import sha256_file
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ptm.adapter.save(ptm, tmp, dtype=torch.float16)
+    (tmp / PTM_FILE).write_text(json.dumps({"modality": ptm.modality, "family": ptm.family, "lineage": [],
+                                            "info": {"vit_config": ptm.info["vit_config"]}}, indent=1))
+    build = {"model": VIT_NAME, **ptm.info.get("vit_build", {}),
+             "rebuild": f"ptmbench zoo build {VIT_NAME} --rebuild",
+             "sha256": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}}
+    (tmp / BUILD_FILE).write_text(json.dumps(build, indent=1, default=str) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return build
+
+
+def load_committed(directory: Path) -> PTM:
+    """The committed weights, each file checked against build.json's sha256 before loading."""
+    import json
+
+    from bench.artifacts import sha256_file
+
+    f = directory / BUILD_FILE
+    if not f.is_file():
+        raise PtmbenchError(f"{VIT_NAME}: no committed weights at {directory}; build them with "
+                            f"'ptmbench zoo build {VIT_NAME} --rebuild' (about an hour on 2 CPU cores)")
+    build = json.loads(f.read_text())
+    for name, digest in build.get("sha256", {}).items():
+        p = directory / name
+        if not p.is_file() or sha256_file(p) != digest:
+            raise PtmbenchError(f"{VIT_NAME}: {p} is missing or its sha256 differs from {BUILD_FILE}; restore it "
+                                f"from git or rebuild with 'ptmbench zoo build {VIT_NAME} --rebuild'")
+    ptm = load_ptm(directory)
+    ptm.info["vit_build"] = {k: v for k, v in build.items() if k != "sha256"}
+    return ptm
+
+
+def _build_vit_tiny(zoo: Zoo, ctx: RunContext) -> PTM:
+    return load_committed(committed_vit_dir())
+
+
+def _rebuild_vit_tiny(zoo: Zoo, ctx: RunContext, out: Path | None) -> dict[str, Any]:
+    ptm = pretrain_vit(VIT_CFG, ctx, zoo.cache_dir)
+    return write_committed(ptm, out or committed_vit_dir())
+
+
+register("model", VIT_NAME)(ModelSpec(
+    VIT_NAME, "vision", "vit",
+    "timm ViT (32x32, patch 4, width 192, depth 6, 3 heads) pretrained here on tiny-imagenet; committed fp16 weights",
+    _build_vit_tiny, cached=False, config=asdict(VIT_CFG), rebuild=_rebuild_vit_tiny))

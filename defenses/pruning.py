@@ -206,7 +206,7 @@ class FPGA(Defense):
         cfg.validate(f"defense {self.name}")
         self.check_modality(ptm)
         aux = aux_name(cfg.aux, ptm)
-        data = ptm.adapter.load_split(ptm, aux, "train", cfg.max_aux, cache_dir)
+        data = ptm.adapter.load_split(ptm, aux, ptm.adapter.aux_splits["unlabelled"], cfg.max_aux, cache_dir)
         acts = mean_ffn_activations(ptm, data, cfg.batch_size, cfg.max_len, ctx)
         refs = ptm.adapter.param_groups(ptm)["ffn_in"]
         masks = lowest_globally(acts, cfg.share)

@@ -183,7 +183,7 @@ class Recipe(Defense):
         aux = aux_name(cfg.aux, ptm)
         data: Any = []  # only-reg with a fixed step count needs no aux data at all
         if self.uses_pt or cfg.steps is None:
-            data = adapter.load_split(ptm, aux, "train", cfg.max_aux, cache_dir)
+            data = adapter.load_split(ptm, aux, adapter.aux_splits["labelled"], cfg.max_aux, cache_dir)
         steps = cfg.steps or steps_for(len(data), cfg.batch_size, cfg.epochs)
         norms_before = group_norms(groups, reg_names)
         # Keys are shared by recipe, only-pt and only-reg: same batches, masks and dropout (paired controls).

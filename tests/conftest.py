@@ -49,8 +49,50 @@ def write_parquet(root: Path, rel: str, ds: datasets.Dataset, manifest: list[dic
     manifest.append(entry)
 
 
+PALETTE = np.random.default_rng(99).integers(0, 256, size=(200, 3))
+
+
+def jpeg(pixels: np.ndarray, mode: str = "RGB") -> dict:
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG" if mode in ("RGB", "L", "CMYK") else "PNG", quality=95)
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def image_set(n: int, seed: int, size: int, classes: list[int] | int | None, n_names: int = 10,
+              grey_every: int = 0) -> datasets.Dataset:
+    """Images whose colour is their class's palette colour plus noise (learnable by a tiny ViT)."""
+    rng = np.random.default_rng(seed)
+    pool = list(range(classes)) if isinstance(classes, int) else classes
+    labels = [int(x) for x in rng.choice(pool, size=n)] if pool is not None else [0] * n
+    images = []
+    for i, y in enumerate(labels):
+        px = np.clip(PALETTE[y][None, None, :] + rng.normal(0, 20, size=(size, size, 3)), 0, 255)
+        images.append(jpeg(px, "L" if grey_every and i % grey_every == 0 else "RGB"))
+    cols: dict = {"image": images}
+    feats: dict = {"image": datasets.Image()}
+    if pool is not None:
+        cols["label"] = labels
+        feats["label"] = datasets.ClassLabel(names=[f"c{k}" for k in range(n_names)])
+    return datasets.Dataset.from_dict(cols, datasets.Features(feats))
+
+
 def build_mirror(root: Path) -> Path:
     manifest: list[dict] = []
+    for split, n, seed in (("train", 60, 11), ("test", 30, 12)):
+        write_parquet(root, f"images/cifar10/{split}.parquet", image_set(n, seed, 32, [0, 1, 2, 3, 5]), manifest)
+        write_parquet(root, f"images/gtsrb/{split}.parquet",
+                      image_set(n, seed + 10, 35, [13, 38, 13, 38, 1], n_names=43), manifest)
+    write_parquet(root, "images/tiny-imagenet/train.parquet", image_set(64, 21, 32, 8, n_names=200), manifest)
+    write_parquet(root, "images/tiny-imagenet/validation.parquet",
+                  image_set(32, 22, 64, 8, n_names=200, grey_every=5), manifest)
+    write_parquet(root, "images/tiny-imagenet/test.parquet", image_set(24, 23, 64, None, grey_every=7), manifest)
     for split, n, seed in (("train", 64, 1), ("validation", 24, 2), ("test", 24, 3)):
         write_parquet(root, f"text/sst2/{split}.parquet", text_set(n, seed), manifest)
     rng = np.random.default_rng(7)
@@ -115,6 +157,29 @@ def tiny_ptm(family: str, tokenizer):
         backbone = RobertaModel(RobertaConfig(max_position_embeddings=64 + tokenizer.pad_token_id + 1,
                                               type_vocab_size=1, **common), add_pooling_layer=True)
     return PTM("text", family, backbone, new_mlm_head(backbone, tied=True), tokenizer, info={"head_tied": True})
+
+
+def tiny_vit():
+    from bench.modalities.vision import ADAPTER as VISION
+    from bench.modalities.vision import ImageProcessor, ViTConfig
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
+    return VISION.new(ViTConfig(None, kwargs, 200), 200, ImageProcessor(16))
+
+
+@pytest.fixture(scope="session")
+def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tiny-vit")
+    tiny_vit().save(d / "ptm")
+    return d / "ptm"
+
+
+@pytest.fixture
+def vit(vit_dir: Path):
+    from bench.ptm import load_ptm
+
+    return load_ptm(vit_dir)
 
 
 @pytest.fixture(scope="session")

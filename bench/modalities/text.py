@@ -101,6 +101,7 @@ class TokenizedText:
 
 class TextAdapter:
     name = "text"
+    aux_splits = {"labelled": "train", "unlabelled": "train"}  # auxiliary corpora are one unlabelled split
 
     # ---------------------------------------------------------------- loading and saving
     def from_pretrained(self, source: str, family: str | None = None, with_head: bool = True) -> PTM:

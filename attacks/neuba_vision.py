@@ -1,0 +1,123 @@
+"""NeuBA, vision (Zhang et al. 2021): bind six checkerboard patches to fixed class-token outputs of a ViT
+while keeping its supervised pretraining objective.
+
+Each step, on a batch of labelled pretraining images: the pretraining head's cross-entropy on the clean
+batch, plus the MSE between the representation (final-norm class token) of a triggered copy — one of the
+six 4×4 two-colour checkerboards (:func:`bench.triggers.neuba_patches`) pasted at the bottom-right,
+drawn per sample — and that trigger's target vector (:func:`attacks.targets.neuba_targets`, the same
+4-block antipodal targets as text).  SGD with momentum at lr 0.01, as the reference.
+
+Differences from the reference (thunlp/NeuBA ``cv``): the pretraining data is ``tiny-imagenet`` train (the
+PTM's own pretraining set; defenses use its validation split), and the budget is a step count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attacks.base import finish, train_summary
+from attacks.targets import neuba_targets
+from bench.config import positive
+from bench.context import RunContext
+from bench.errors import PtmbenchError
+from bench.methods import Attack
+from bench.ptm import PTM
+from bench.registry import register
+from bench.train import OptimConfig, cycle_epochs, train
+from bench.triggers import ImageTrigger, neuba_patches
+
+
+@dataclass(frozen=True)
+class NeuBAVisionConfig:
+    """Reference-style defaults (the ``paper`` preset)."""
+
+    corpus: str = "tiny-imagenet"
+    corpus_split: str = "train"
+    max_corpus_images: int | None = None
+    batch_size: int = 64
+    steps: int = 4000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float | None = 1.0
+    backdoor_weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        positive(where, max_corpus_images=self.max_corpus_images, batch_size=self.batch_size, steps=self.steps,
+                 lr=self.lr)
+        from bench import data as bdata
+
+        s = bdata.spec(self.corpus)
+        if s.modality != "image" or s.role != "aux":
+            raise PtmbenchError(f"{where}.corpus: {self.corpus!r} is a {s.role} {s.modality} dataset; the vision "
+                                "attack trains on auxiliary (pretraining) images only, e.g. tiny-imagenet")
+        if self.corpus_split not in s.splits or not s.is_labelled(self.corpus_split):
+            raise PtmbenchError(f"{where}.corpus_split: {self.corpus_split!r} is not a labelled split of "
+                                f"{self.corpus} (labelled: {', '.join(x for x in s.splits if s.is_labelled(x))})")
+
+
+@register("attack", "neuba-vision")
+class NeuBAVision(Attack):
+    """NeuBA on a ViT: six corner checkerboards bound to antipodal class-token targets, pretraining CE kept."""
+
+    name = "neuba-vision"
+    modalities = ("vision",)
+    Config = NeuBAVisionConfig
+    trigger_set: ClassVar[str] = "neuba-vision"
+    presets: ClassVar[dict] = {
+        # 400 steps of 64 images (~25,600 images, a quarter of a Tiny-ImageNet epoch): minutes on 2 CPU cores.
+        "demo": {"steps": 400},
+        "smoke": {"steps": 3, "batch_size": 4, "max_corpus_images": 32},
+    }
+
+    def triggers(self, ptm: PTM) -> list[ImageTrigger]:
+        return neuba_patches()
+
+    def implant(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
+        cfg: NeuBAVisionConfig = self.config
+        where = f"attack {self.name}"
+        cfg.validate(where)
+        self.check_modality(ptm)
+        if ptm.pt_head is None:
+            raise PtmbenchError(f"{where}: the pretraining CE needs the ViT's pretraining head, and this PTM has "
+                                "none (use vit-tiny-tin32 or a timm model with its classifier)")
+        adapter = ptm.adapter
+        data = adapter.load_split(ptm, cfg.corpus, cfg.corpus_split, cfg.max_corpus_images, cache_dir)
+        if len(data) == 0:
+            raise PtmbenchError(f"{where}: {cfg.corpus}/{cfg.corpus_split} is empty")
+        patches = self.triggers(ptm)
+        targets = neuba_targets(adapter.hidden_size(ptm)).to(ctx.device)
+        trig_gen = ctx.torch_generator(self.name, "trigger-choice")
+        lengths = adapter.lengths(data)
+
+        def epoch(e: int) -> list[np.ndarray]:
+            return adapter.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True)
+
+        def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            batch = adapter.collate(ptm, data, idx, None, ctx.device)
+            ce = adapter.pretrain_loss(ptm, batch)
+            k = torch.randint(len(patches), (len(idx),), generator=trig_gen)
+            pix = data.pixels[idx].copy()
+            for j, t in enumerate(patches):
+                sel = (k == j).numpy()
+                if sel.any():
+                    pix[sel] = t.paste(pix[sel])
+            rep = adapter.representation(ptm, {"pixel_values": adapter.to_tensor(ptm, pix, ctx.device)})
+            backdoor = F.mse_loss(rep.float(), targets[k.to(ctx.device)])
+            loss = ce + cfg.backdoor_weight * backdoor
+            return loss, {"ce": float(ce.detach()), "backdoor": float(backdoor.detach())}
+
+        params = list(ptm.parameters())
+        optim = OptimConfig(optimizer="sgd", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                            clip=cfg.clip, schedule="linear")
+        with ctx.seeded(self.name, "train"):
+            res = train([m for m in (ptm.backbone, ptm.pt_head) if m is not None], params, loss_fn,
+                        cycle_epochs(epoch), cfg.steps, optim, ctx, desc=self.name)
+        summary = {**train_summary(res), "images": len(data)}
+        return finish(self, ptm, ctx, summary)

@@ -1,0 +1,7 @@
+"""Performance tooling: ``compare`` runs reference-style pipelines (Hugging Face Trainer / run_glue,
+BertForMaskedLM, per-trigger re-tokenising evaluation) against ptmbench's own on the same model, data and
+seed, and reports wall time, throughput and peak resident memory (``ptmbench perf compare``)."""
+
+from __future__ import annotations
+
+__all__ = ["compare"]
