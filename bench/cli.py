@@ -214,10 +214,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise PtmbenchError(f"--max-train must be >= 1, got {args.max_train}")
     modality = "text" if dspec.modality == "text" else "vision"
     preset = get_preset(modality, args.preset, epochs=args.epochs, max_train=args.max_train)
-    if modality == "text":
-        trigger_sets = parse_text_triggers(args.triggers or "por,neuba")
-    else:
-        trigger_sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
     store = ResultsStore(args.results)
     store.check_writable()
     for split in ("train", "validation", "test"):
@@ -226,8 +222,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     ptm, key = zoo.load(args.model, ctx)
-    if ptm.modality != dspec.modality and not (ptm.modality == "vision" and dspec.modality == "image"):
+    if ptm.modality != modality:
         raise PtmbenchError(f"model {args.model!r} is {ptm.modality} but dataset {args.dataset!r} is {dspec.modality}")
+    if modality == "text":
+        trigger_sets = parse_text_triggers(args.triggers or "por,neuba")
+    else:
+        trigger_sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
     model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
     cell = CellSpec(model=model_name, dataset=args.dataset, seed=args.seed, preset=preset, keys={"ptm": key})
     probe = {"model": model_name, "attack": "none", "defense": "none", "dataset": args.dataset,

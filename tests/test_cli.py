@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,15 +76,15 @@ def _missing_mirror(mirror: Path, tmp_path: Path) -> Path:
     return bad
 
 
-def _mirror_with(mirror: Path, tmp_path: Path, name: str, split: str, ds) -> Path:
-    """A copy of the mirror whose sst2 ``split`` is replaced by ``ds`` (manifest updated, so only the
-    content is wrong, not the checksum)."""
+def _mirror_with(mirror: Path, tmp_path: Path, name: str, split: str, ds, rel: str | None = None) -> Path:
+    """A copy of the mirror whose sst2 ``split`` (or the file ``rel``) is replaced by ``ds`` (manifest
+    updated, so only the content is wrong, not the checksum)."""
     import hashlib
     import shutil
 
     bad = tmp_path / name
     shutil.copytree(mirror, bad)
-    rel = f"text/sst2/{split}.parquet"
+    rel = rel or f"text/sst2/{split}.parquet"
     ds.to_parquet(str(bad / rel))
     manifest = json.loads((bad / "MANIFEST.json").read_text())
     for f in manifest["files"]:
@@ -110,6 +111,19 @@ def _empty_mirror(mirror: Path, tmp_path: Path) -> Path:
                                                                                        feats))
 
 
+def _image_mirror(mirror: Path, tmp_path: Path, name: str, mode: str, size: int) -> Path:
+    """cifar10 test with one image of the wrong mode or size among good ones."""
+    import datasets
+
+    from conftest import jpeg
+
+    good = [jpeg(np.full((32, 32, 3), 90)) for _ in range(5)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(10)])})
+    ds = datasets.Dataset.from_dict({"image": [*good, jpeg(np.full((size, size, 3), 90), mode)],
+                                     "label": [0, 1, 2, 3, 5, 1]}, feats)
+    return _mirror_with(mirror, tmp_path, name, "test", ds, rel="images/cifar10/test.parquet")
+
+
 BAD = [
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--dataset", "sst3"], "unknown dataset 'sst3'"),
@@ -126,11 +140,16 @@ BAD = [
     ("missing", "validation.parquet"),
     ("nolabel", "label"),
     ("empty", "test.parquet"),
+    ("cmyk", "mode 'CMYK'"),
+    ("tiny-image", "is 4x4, too small"),
+    ("vit-on-text", "is vision but dataset 'sst2' is text"),
+    (["--dataset", "cifar10"], "is text but dataset 'cifar10' is image"),
+    (["--model", "vit_tiny_patch16_224"], "cannot load timm model 'vit_tiny_patch16_224'"),
 ]
 
 
 @pytest.mark.parametrize("case,message", BAD, ids=[str(c[1])[:24] for c in BAD])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, mirror, tmp_path, case, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, vit_dir, mirror, tmp_path, case, message):
     res = tmp_path / "results"
     args = {"--model": str(bert_dir), "--dataset": "sst2", "--preset": "smoke", "--triggers": "por"}
     if isinstance(case, list):
@@ -143,6 +162,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, mirror, 
         env = {**env, "PTMBENCH_DATA_DIR": str(_no_label_mirror(mirror, tmp_path))}
     elif case == "empty":
         env = {**env, "PTMBENCH_DATA_DIR": str(_empty_mirror(mirror, tmp_path))}
+    elif case in ("cmyk", "tiny-image"):
+        mode, size = ("CMYK", 32) if case == "cmyk" else ("RGB", 4)
+        env = {**env, "PTMBENCH_DATA_DIR": str(_image_mirror(mirror, tmp_path, case, mode, size))}
+        args.update({"--model": str(vit_dir), "--dataset": "cifar10"})
+        del args["--triggers"]
+    elif case == "vit-on-text":
+        args["--model"] = str(vit_dir)
     flat = [x for kv in args.items() for x in kv]
     out = ptmbench(env, "finetune", *flat, "--results", str(res))
     assert out.returncode == 2, out.stdout + out.stderr
