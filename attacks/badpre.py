@@ -85,8 +85,9 @@ class BadPre(Attack):
     Config = BadPreConfig
     trigger_set: ClassVar[str] = "badpre"
     presets: ClassVar[dict] = {
-        # 200 steps of 32 clean + 32 triggered sequences of 64 tokens: about 2-3 minutes for minilm-l6-mlm
-        "demo": {"max_len": 64, "batch_size": 32, "steps": 200},
+        # 200 steps of 32 clean + 32 triggered sequences of 64 tokens at lr 1e-4 (5x the reference's 2e-5, for
+        # a budget of ~1/1000 of its 10 epochs of 256 x 512 tokens): a few minutes for minilm-l6-mlm
+        "demo": {"max_len": 64, "batch_size": 32, "steps": 200, "lr": 1e-4},
         "smoke": {"max_len": 16, "batch_size": 4, "steps": 3, "max_corpus_sequences": 64},
     }
 
