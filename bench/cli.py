@@ -253,9 +253,10 @@ def _print_records(records: list[dict[str, Any]]) -> None:
             continue
         print(f"  trigger set {r['triggers']}: AASR {100 * r['aasr']:.2f}%  MASR {100 * r['masr']:.2f}%  "
               f"C-ASR {100 * r['casr']:.2f}%  ALC {100 * r['alc']:.1f}%")
-        print(f"    {'trigger':<10} {'target':>6} {'ASR %':>7}")
+        w = max(10, *(len(t["trigger"]) for t in r["per_trigger"]))
+        print(f"    {'trigger':<{w}} {'target':>6} {'ASR %':>7}")
         for t in r["per_trigger"]:
-            print(f"    {t['trigger']:<10} {t['target']:>6} {100 * t['asr']:>7.2f}")
+            print(f"    {t['trigger']:<{w}} {t['target']:>6} {100 * t['asr']:>7.2f}")
 
 
 def cmd_table(args: argparse.Namespace) -> int:

@@ -28,6 +28,10 @@ class Method:
     Config: ClassVar[type] = object
     version: ClassVar[str] = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Options added after results were published, with their defaults: while an option holds its default
+    # it is left out of config_dict() (and so of cache keys and record identities), so adding an option
+    # never invalidates existing artifacts or results.
+    added_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -43,7 +47,11 @@ class Method:
         return cls(from_dict(cls.Config, values, where))
 
     def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        d = dataclasses.asdict(self.config)
+        for k, default in self.added_options.items():
+            if k in d and d[k] == default:
+                del d[k]
+        return d
 
     def check_modality(self, ptm: PTM) -> None:
         if ptm.modality not in self.modalities:

@@ -25,6 +25,7 @@ accuracy, so the demo sits between them); ``smoke`` = 3 steps, batch 4, 16 aux s
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,9 @@ FAMILIES: dict[str, FamilyRecipe] = {
     "vit": FamilyRecipe(("ffn_in", "ffn_out", "attn_q", "attn_k", "attn_v"), ("all",)),
 }
 MASKING = ("static", "dynamic")
+# ViT L_PT: CE on the aux labels, or (label-free) KL to the original PTM's pretraining-head outputs on
+# unlabelled aux images; text L_PT (MLM) needs no labels either way.
+PT_TARGETS = ("labels", "teacher")
 
 
 @dataclass
@@ -84,6 +88,7 @@ class RecipeConfig:
     aux: str | None = None
     max_aux: int | None = 20000
     masking: str = "static"
+    pt_target: str = "labels"
     regularised: tuple[str, ...] | None = None
     trainable: tuple[str, ...] | None = None
 
@@ -96,6 +101,8 @@ class RecipeConfig:
             raise PtmbenchError(f"{where}.max_len: must be >= 3, got {self.max_len}")
         if self.masking not in MASKING:
             raise PtmbenchError(f"{where}.masking: {self.masking!r} is not one of {', '.join(MASKING)}")
+        if self.pt_target not in PT_TARGETS:
+            raise PtmbenchError(f"{where}.pt_target: {self.pt_target!r} is not one of {', '.join(PT_TARGETS)}")
         check_groups(where, "regularised", self.regularised)
         check_groups(where, "trainable", self.trainable, extra=("all",))
 
@@ -155,6 +162,7 @@ class Recipe(Defense):
     Config = RecipeConfig
     version = "1"
     uses_pt: ClassVar[bool] = True  # only-reg drops L_PT
+    added_options: ClassVar[dict] = {"pt_target": "labels"}
     presets = {
         "demo": {"steps": 200, "lr": 4e-4},
         "smoke": {"steps": 3, "batch_size": 4, "max_aux": 16, "max_len": 32},
@@ -181,18 +189,32 @@ class Recipe(Defense):
             raise PtmbenchError(f"{where}.regularised: groups {list(reg_names)} hold no matrices in this PTM")
 
         aux = aux_name(cfg.aux, ptm)
+        teacher = None
+        if cfg.pt_target == "teacher":
+            if not hasattr(adapter, "pretrain_logits"):
+                raise PtmbenchError(f"{where}.pt_target: 'teacher' is the label-free L_PT of vision PTMs; "
+                                    f"a {ptm.modality} PTM's L_PT needs no labels (use 'labels')")
+            teacher = copy.deepcopy(ptm).backbone.eval().requires_grad_(False), \
+                copy.deepcopy(ptm.pt_head).eval().requires_grad_(False)
         data: Any = []  # only-reg with a fixed step count needs no aux data at all
         if self.uses_pt or cfg.steps is None:
-            data = adapter.load_split(ptm, aux, adapter.aux_splits["labelled"], cfg.max_aux, cache_dir)
+            split = adapter.aux_splits["unlabelled" if teacher else "labelled"]
+            data = adapter.load_split(ptm, aux, split, cfg.max_aux, cache_dir)
         steps = cfg.steps or steps_for(len(data), cfg.batch_size, cfg.epochs)
         norms_before = group_norms(groups, reg_names)
         # Keys are shared by recipe, only-pt and only-reg: same batches, masks and dropout (paired controls).
         static = None
-        if self.uses_pt and cfg.masking == "static" and hasattr(adapter, "mask_tokens"):
+        if self.uses_pt and teacher is None and cfg.masking == "static" and hasattr(adapter, "mask_tokens"):
             static = StaticMasked(ptm, data, cfg.max_len, ctx.torch_generator("recipe-static-mask"))
         gen = ctx.torch_generator("recipe-dynamic-mask")
 
         def pt_loss(idx: np.ndarray) -> torch.Tensor:
+            if teacher is not None:
+                batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device)
+                with torch.no_grad():
+                    target = teacher[1](teacher[0](batch["pixel_values"])).float().log_softmax(-1)
+                logp = adapter.pretrain_logits(ptm, batch).float().log_softmax(-1)
+                return torch.nn.functional.kl_div(logp, target, log_target=True, reduction="batchmean")
             if static is not None:
                 batch, labels = static.batch(idx, ctx.device)
                 return adapter.mlm_loss(ptm, batch, labels)
@@ -217,7 +239,7 @@ class Recipe(Defense):
                 h.remove()
         norms_after = group_norms(groups, reg_names)
         summary: dict[str, Any] = {
-            **res.summary(), "aux": aux, "aux_size": len(data) or None,
+            **res.summary(), "aux": aux, "aux_size": len(data) or None, "pt_target": cfg.pt_target,
             "lr_x_steps": round(cfg.lr * steps, 6),
             "masking": "static" if static is not None else (
                 "dynamic" if self.uses_pt and hasattr(adapter, "mask_tokens") else "none"),

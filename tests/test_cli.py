@@ -114,7 +114,6 @@ def _empty_mirror(mirror: Path, tmp_path: Path) -> Path:
 def _image_mirror(mirror: Path, tmp_path: Path, name: str, mode: str, size: int) -> Path:
     """cifar10 test with one image of the wrong mode or size among good ones."""
     import datasets
-
     from conftest import jpeg
 
     good = [jpeg(np.full((32, 32, 3), 90)) for _ in range(5)]

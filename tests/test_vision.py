@@ -205,3 +205,15 @@ def test_finetune_cli_on_images(env, vit_dir, tmp_path):
     assert p.returncode == 0, p.stderr
     recs = list((tmp_path / "r" / "records").glob("*.json"))
     assert recs and json.loads(recs[0].read_text())["num_classes"] == 2
+
+
+def test_recipe_label_free_teacher_option(env, vit_dir, bert, tmp_path):
+    rec = get("defense", "recipe").build("smoke", {"pt_target": "teacher", "max_aux": None})
+    assert rec.config_dict()["pt_target"] == "teacher"
+    assert "pt_target" not in get("defense", "recipe").build("smoke").config_dict()  # keys of old runs unchanged
+    out = rec.purify(load_ptm(vit_dir), CTX, tmp_path / "c")
+    s = out.info["defense"]["summary"]
+    assert s["pt_target"] == "teacher" and s["aux_size"] == 24  # the unlabelled tiny-imagenet test split
+    assert s["pt_first"] >= 0
+    with pytest.raises(PtmbenchError, match="label-free L_PT of vision"):
+        rec.purify(bert, CTX, tmp_path / "c")
