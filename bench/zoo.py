@@ -47,7 +47,10 @@ class Zoo:
 
     def key(self, name: str) -> str:
         spec = get("model", name)
-        return content_key("zoo", name, spec.config, None, None, spec.version)
+        config = spec.config
+        if spec.rebuild is not None:  # committed weights: the key follows the weights, not only the recipe
+            config = {**config, "weights_sha256": committed_sha(name)}
+        return content_key("zoo", name, config, None, None, spec.version)
 
     def load(self, name: str, ctx: RunContext) -> tuple[PTM, str]:
         p = Path(name)
@@ -396,6 +399,16 @@ def load_committed(directory: Path) -> PTM:
     ptm = load_ptm(directory)
     ptm.info["vit_build"] = {k: v for k, v in build.items() if k != "sha256"}
     return ptm
+
+
+def committed_sha(name: str) -> str | None:
+    """sha256 of the committed weights file of ``name`` as build.json records it (None when absent)."""
+    import json
+
+    f = WEIGHTS_DIR / name / BUILD_FILE
+    if not f.is_file():
+        return None
+    return json.loads(f.read_text()).get("sha256", {}).get("model.safetensors")
 
 
 def _build_vit_tiny(zoo: Zoo, ctx: RunContext) -> PTM:
