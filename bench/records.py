@@ -145,8 +145,10 @@ def matrix_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Wall seconds per stage and cell (kept out of cells.csv, which must be identical across re-runs)."""
-    rows = [{**{k: r[k] for k in IDENTITY}, **{f"{k}_s": v for k, v in r.get("wall_s", {}).items()}}
+    """Wall seconds and peak resident memory per stage and cell (kept out of cells.csv, which must be
+    identical across re-runs)."""
+    rows = [{**{k: r[k] for k in IDENTITY}, **{f"{k}_s": v for k, v in r.get("wall_s", {}).items()},
+             **{f"{k}_peak_rss_mib": v for k, v in (r.get("peak_rss_mib") or {}).items()}}
             for r in records]
     return pd.DataFrame(rows)
 

@@ -123,14 +123,19 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
         method = get(stage, payload["method"]).build(payload["preset"], payload["config"])
 
         def write(d: Path) -> None:
-            ptm = _materialize(payload["source"], env, ctx)
-            method.check_modality(ptm)
-            t = time.perf_counter()
-            if stage == "attack":
-                out = method.implant(ptm, ctx, Path(env.cache))
-            else:
-                out = method.purify(ptm, ctx, Path(env.cache))
+            from bench.perf.memory import PeakRss
+
+            with PeakRss() as mem:
+                ptm = _materialize(payload["source"], env, ctx)
+                method.check_modality(ptm)
+                t = time.perf_counter()
+                if stage == "attack":
+                    out = method.implant(ptm, ctx, Path(env.cache))
+                else:
+                    out = method.purify(ptm, ctx, Path(env.cache))
             out.info[f"{stage}_wall_s"] = round(time.perf_counter() - t, 2)
+            if mem.peak is not None:  # the process's resident memory while the stage ran
+                out.info[f"{stage}_peak_rss_mib"] = round(mem.peak / 2**20)
             out.info[f"{stage}_key"] = payload["key"]
             out.save(d)
 
@@ -174,6 +179,16 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
         cell = CellSpec(model=ident["model"], dataset=ident["dataset"], seed=ident["seed"], preset=preset,
                         attack=ident["attack"], defense=ident["defense"], attack_config=ident["attack_config"],
                         defense_config=ident["defense_config"], keys=payload["keys"], wall=wall)
-        for rec in finetune_eval(ptm, cell, todo, ctx, Path(env.cache)):
+        from bench.perf.memory import PeakRss
+
+        with PeakRss() as mem:
+            records = finetune_eval(ptm, cell, todo, ctx, Path(env.cache))
+        # the process's resident memory while each stage ran (MiB); attack/defense from their artifacts
+        rss = {k: ptm.info[f"{k}_peak_rss_mib"] for k in ("attack", "defense")
+               if ident[k] != "none" and f"{k}_peak_rss_mib" in ptm.info}
+        if mem.peak is not None:
+            rss["cell"] = round(mem.peak / 2**20)
+        for rec in records:
+            rec["peak_rss_mib"] = rss
             results.write(rec)
     return True

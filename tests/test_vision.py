@@ -185,6 +185,8 @@ def test_vision_matrix_end_to_end(env, vit_dir, tmp_path):
     assert len(recs) == 4 and {r["triggers"] for r in recs} == {"neuba-vision"}
     for r in recs:
         assert 0 <= r["cacc"] <= 1 and 0 <= r["aasr"] <= 1
+        assert r["peak_rss_mib"]["cell"] > 0
+        assert ("attack" in r["peak_rss_mib"]) == (r["attack"] != "none")
         assert [t["trigger"] for t in r["per_trigger"]][:1] == ["cb-cyan-magenta"]
     assert (res / "cells.csv").is_file()
 

@@ -25,14 +25,10 @@ accuracies and losses are comparable and only the pipeline differs.
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import json
-import os
 import platform
 import shlex
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +43,7 @@ from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.finetune import Classifier, FinetunePreset, finetune, get_preset, predict
 from bench.modalities.base import shuffled_batches
+from bench.perf.memory import PeakRss, release_memory, rss_bytes  # noqa: F401
 from bench.ptm import PTM
 from bench.train import cycle_epochs, steps_for
 
@@ -63,59 +60,6 @@ PHASE_TITLES = {
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def rss_bytes() -> int | None:
-    """Resident set size of this process now (``/proc/self/statm``), or None where there is no /proc."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class PeakRss:
-    """Context manager: a background thread samples the RSS every ``interval`` s; ``peak`` is the largest
-    sample while the block ran (``ru_maxrss`` would be the peak of the whole process lifetime)."""
-
-    def __init__(self, interval: float = RSS_INTERVAL_S) -> None:
-        self.interval = interval
-        self.start: int | None = None
-        self.peak: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self) -> None:
-        now = rss_bytes()
-        if now is not None:
-            self.peak = now if self.peak is None else max(self.peak, now)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> PeakRss:
-        self.start = rss_bytes()
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._sample()
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS (glibc), so one phase's peak does not inherit
-    the previous phase's freed-but-retained memory."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 @dataclass
 class Measure:
     """One pipeline's run of one phase."""
