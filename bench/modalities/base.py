@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,19 @@ class ParamRef:
         if self.bias is None:
             return None
         return self.bias if self.rows is None else self.bias[self.rows]
+
+
+def load_dataset_split(dataset: str, split: str, max_samples: int | None, column: str) -> tuple[Any, np.ndarray | None]:
+    """A mirror split that must carry ``column`` (``text`` / ``image``), and its integer labels if labelled."""
+    from bench import data as bdata
+    from bench.errors import PtmbenchError
+
+    ds = bdata.load_split(dataset, split, max_samples=max_samples)
+    if column not in ds.column_names:
+        raise PtmbenchError(f"dataset {dataset!r} has no {column!r} column; it is not a{'n' if column == 'image' else ''} "
+                            f"{column} dataset")
+    labels = np.asarray(ds["label"], dtype=np.int64) if "label" in ds.column_names else None
+    return ds, labels
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,

@@ -17,7 +17,13 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from bench.errors import PtmbenchError
-from bench.modalities.base import ParamRef, bucketed_batches, shuffled_batches, sorted_batches
+from bench.modalities.base import (
+    ParamRef,
+    bucketed_batches,
+    load_dataset_split,
+    shuffled_batches,
+    sorted_batches,
+)
 from bench.ptm import PTM
 
 FAMILIES: dict[str, tuple[type, type]] = {"bert": (BertModel, BertConfig), "roberta": (RobertaModel, RobertaConfig)}
@@ -275,12 +281,7 @@ class TextAdapter:
     def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
                    cache_dir: Path | None) -> TokenizedText:
         """A dataset split, tokenised by this PTM's tokenizer (disk-cached), with integer labels."""
-        from bench import data as bdata
-
-        ds = bdata.load_split(dataset, split, max_samples=max_samples)
-        if "text" not in ds.column_names:
-            raise PtmbenchError(f"dataset {dataset!r} has no 'text' column; it is not a text dataset")
-        labels = np.asarray(ds["label"], dtype=np.int64) if "label" in ds.column_names else None
+        ds, labels = load_dataset_split(dataset, split, max_samples, "text")
         key = f"{dataset}|{split}|{max_samples}|{ds._fingerprint}"
         return self.encode_texts(ptm.processor, list(ds["text"]), labels, key, cache_dir)
 

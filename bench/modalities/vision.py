@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.errors import PtmbenchError
-from bench.modalities.base import ParamRef, shuffled_batches
+from bench.modalities.base import ParamRef, load_dataset_split, shuffled_batches
 from bench.ptm import PTM
 
 WEIGHTS = "model.safetensors"
@@ -191,12 +191,7 @@ class VisionAdapter:
     def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
                    cache_dir: Path | None) -> ImageData:
         """A dataset split decoded at this PTM's input size (disk-cached), with integer labels if labelled."""
-        from bench import data as bdata
-
-        ds = bdata.load_split(dataset, split, max_samples=max_samples)
-        if "image" not in ds.column_names:
-            raise PtmbenchError(f"dataset {dataset!r} has no 'image' column; it is not an image dataset")
-        labels = np.asarray(ds["label"], dtype=np.int64) if "label" in ds.column_names else None
+        ds, labels = load_dataset_split(dataset, split, max_samples, "image")
         size = ptm.processor.size
         key = hashlib.sha256(f"{dataset}|{split}|{max_samples}|{ds._fingerprint}|{size}".encode()).hexdigest()[:24]
         f = None if cache_dir is None else Path(cache_dir) / "images" / f"{key}.npy"
