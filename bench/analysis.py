@@ -73,7 +73,7 @@ def plot_shifts(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
     layers = sorted(df["layer"].unique())
     cols = min(3, len(layers))
     rows = int(np.ceil(len(layers) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False, layout="constrained")
     for ax, layer in zip(axes.flat, layers):
         part = df[df["layer"] == layer]
         for label, g in part.groupby("ptm", sort=False):
