@@ -275,3 +275,26 @@ def test_bad_configs_name_the_key(name, overrides, key):
 def test_fp_layer_out_of_range(bert, env, tmp_path):
     with pytest.raises(PtmbenchError, match="layer"):
         purify("fp", bert, tmp_path, layer=5)
+
+
+def test_pooler_reinit_changes_only_the_pooler(env, bert, tmp_path):
+    from bench.context import RunContext
+    from bench.registry import get
+
+    before = {k: v.clone() for k, v in bert.backbone.state_dict().items()}
+    out = get("defense", "pooler-reinit").build("smoke").purify(bert, RunContext(seed=3), tmp_path)
+    after = out.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "pooler.dense.weight" in changed and changed <= {"pooler.dense.weight", "pooler.dense.bias"}
+    assert float(after["pooler.dense.bias"].abs().sum()) == 0.0
+    again = get("defense", "pooler-reinit").build("smoke").purify(load_ptm_copy(before, bert), RunContext(seed=3),
+                                                                  tmp_path)
+    assert torch.equal(again.backbone.state_dict()["pooler.dense.weight"], after["pooler.dense.weight"])
+
+
+def load_ptm_copy(state, ptm):
+    import copy
+
+    p = copy.deepcopy(ptm)
+    p.backbone.load_state_dict(state)
+    return p
