@@ -30,12 +30,31 @@ class FinetunePreset:
     optimizer: str = "adamw"
     eval_batch_size: int = 128
     bucketing: bool = True
+    reinit_pooler: bool = False  # the reference RECIPE script's accident: fine-tuning gets a fresh pooler
+
+    def validate(self, where: str) -> None:
+        from bench.config import positive
+        from bench.train import OPTIMIZERS
+
+        positive(where, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_len=self.max_len,
+                 max_train=self.max_train, max_eval=self.max_eval, eval_batch_size=self.eval_batch_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise PtmbenchError(f"{where}.optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
 
     def optim(self) -> OptimConfig:
         return OptimConfig(optimizer=self.optimizer, lr=self.lr, clip=1.0, schedule="linear")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The preset as recorded; options added later are left out at their default (record identities of
+        earlier results stay valid)."""
+        d = asdict(self)
+        for k, default in ADDED_OPTIONS.items():
+            if d.get(k) == default:
+                del d[k]
+        return d
+
+
+ADDED_OPTIONS = {"reinit_pooler": False}
 
 
 TEXT_PRESETS = {
@@ -54,10 +73,17 @@ PRESETS = {"text": TEXT_PRESETS, "vision": VISION_PRESETS}
 
 
 def get_preset(modality: str, name: str, **overrides: Any) -> FinetunePreset:
+    """A named preset with ``overrides`` (unknown keys and wrong types fail naming the key)."""
+    from bench.config import from_dict
+
     table = PRESETS[modality]
     if name not in table:
         raise PtmbenchError(f"unknown preset {name!r}; known presets: {', '.join(table)}")
-    return replace(table[name], **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "name" in given:
+        raise PtmbenchError("finetune.name: the preset's name is set by 'preset', not by 'finetune'")
+    checked = from_dict(FinetunePreset, {**asdict(table[name]), **given}, "finetune")
+    return replace(table[name], **{k: getattr(checked, k) for k in given})
 
 
 class Classifier(nn.Module):
@@ -94,6 +120,13 @@ def finetune(ptm: PTM, train_data: Any, num_classes: int, preset: FinetunePreset
     adapter = ptm.adapter
     if copy_ptm:
         ptm = copy.deepcopy(ptm)
+    if preset.reinit_pooler:
+        pooler = getattr(ptm.backbone, "pooler", None)
+        if pooler is None:
+            raise PtmbenchError(f"reinit_pooler: this {ptm.family} PTM has no pooler to re-initialise")
+        with ctx.seeded("finetune-pooler"), torch.no_grad():
+            pooler.dense.weight.normal_(0.0, 0.02)
+            pooler.dense.bias.zero_()
     with ctx.seeded("finetune-head"):
         model = Classifier(ptm, num_classes).to(ctx.device)
     labels = torch.as_tensor(np.asarray(train_data.labels), dtype=torch.long)

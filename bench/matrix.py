@@ -105,7 +105,7 @@ def load_matrix(source: str | Path) -> MatrixSpec:
             raise PtmbenchError(f"{p.stem}.datasets: {d!r} is an auxiliary corpus, not a downstream dataset")
     from bench.finetune import get_preset
 
-    get_preset("text", spec.preset)
+    get_preset("text", spec.preset, **spec.finetune)  # keys, types and ranges of the overrides
     return spec
 
 

@@ -298,3 +298,20 @@ def load_ptm_copy(state, ptm):
     p = copy.deepcopy(ptm)
     p.backbone.load_state_dict(state)
     return p
+
+
+def test_finetune_reinit_pooler_option_and_record_identity(env, bert, tmp_path):
+    from bench.finetune import finetune, get_preset
+    from bench.modalities.text import ADAPTER as TEXT
+
+    plain = get_preset("text", "smoke")
+    assert "reinit_pooler" not in plain.to_dict()  # identities of earlier records unchanged
+    preset = get_preset("text", "smoke", reinit_pooler=True)
+    assert preset.to_dict()["reinit_pooler"] is True
+    data = TEXT.load_split(bert, "sst2", "train", 16, tmp_path)
+    before = bert.backbone.pooler.dense.weight.clone()
+    ft = finetune(bert, data, 2, preset, RunContext(seed=0))
+    assert torch.equal(bert.backbone.pooler.dense.weight, before)  # the cached PTM is untouched
+    assert not torch.allclose(ft.model.backbone.pooler.dense.weight, before, atol=1e-2)
+    with pytest.raises(PtmbenchError, match="finetune.epochs"):
+        get_preset("text", "smoke", epochs=0)

@@ -184,6 +184,9 @@ BAD_SPECS = [
     ("models: [minilm-l6]\ndatasets: [wikitext2]\n", "auxiliary"),
     ("models: [minilm-l6]\ndatasets: [sst2]\npreset: giant\n", "unknown preset 'giant'"),
     ("- just\n- a list\n", "must be a mapping"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {bogus: 1}\n", "finetune: unknown key 'bogus'"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {reinit_pooler: maybe}\n", "expected bool"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {epochs: -2}\n", "finetune.epochs: must be > 0"),
 ]
 
 
