@@ -239,7 +239,8 @@ class Recipe(Defense):
                 h.remove()
         norms_after = group_norms(groups, reg_names)
         summary: dict[str, Any] = {
-            **res.summary(), "aux": aux, "aux_size": len(data) or None, "pt_target": cfg.pt_target,
+            **res.summary(), "aux": aux, "aux_size": len(data) or None,
+            **({"pt_target": cfg.pt_target} if self.uses_pt else {}),
             "lr_x_steps": round(cfg.lr * steps, 6),
             "masking": "static" if static is not None else (
                 "dynamic" if self.uses_pt and hasattr(adapter, "mask_tokens") else "none"),
