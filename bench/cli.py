@@ -201,7 +201,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from bench.finetune import get_preset
     from bench.records import ResultsStore
     from bench.stages import CellSpec, finetune_eval
-    from bench.triggers import named_trigger_sets, parse_text_triggers
+    from bench.triggers import trigger_sets_for
     from bench.zoo import Zoo
 
     dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
@@ -224,10 +224,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ptm, key = zoo.load(args.model, ctx)
     if ptm.modality != modality:
         raise PtmbenchError(f"model {args.model!r} is {ptm.modality} but dataset {args.dataset!r} is {dspec.modality}")
-    if modality == "text":
-        trigger_sets = parse_text_triggers(args.triggers or "por,neuba")
-    else:
-        trigger_sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
+    trigger_sets = trigger_sets_for(modality, args.triggers, "por,neuba")
     model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
     cell = CellSpec(model=model_name, dataset=args.dataset, seed=args.seed, preset=preset, keys={"ptm": key})
     probe = {"model": model_name, "attack": "none", "defense": "none", "dataset": args.dataset,
@@ -366,7 +363,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_locus(args: argparse.Namespace) -> int:
     from bench.artifacts import ArtifactStore, atomic_write_text
     from bench.locus import locate, to_markdown
-    from bench.triggers import named_trigger_sets, parse_text_triggers
+    from bench.triggers import trigger_sets_for
     from bench.zoo import Zoo
 
     if args.samples < 1:
@@ -384,12 +381,8 @@ def cmd_locus(args: argparse.Namespace) -> int:
         if not sep:
             raise PtmbenchError(f"--purified {item!r}: expected LABEL=DIR")
         purified[label], _ = zoo.load(path, ctx)
-    if clean.modality == "text":
-        sets = parse_text_triggers(args.triggers or "neuba")
-        dataset = args.dataset or "sst2"
-    else:
-        sets = named_trigger_sets((args.triggers or "neuba-vision").split(","), "vision")
-        dataset = args.dataset or "catdog"
+    sets = trigger_sets_for(clean.modality, args.triggers, "neuba")
+    dataset = args.dataset or ("sst2" if clean.modality == "text" else "catdog")
     triggers = [t for s in sets.values() for t in s]
     inputs = clean.adapter.load_split(clean, dataset, "test", args.samples, cache)
     frame = locate(clean, backdoored, inputs, triggers, args.max_len, ctx, purified)

@@ -194,3 +194,10 @@ def named_trigger_sets(names: list[str], modality: str) -> dict[str, list[Any]]:
 
 
 DEFAULT_CONTROL_SETS = {"text": ["por", "neuba"], "vision": ["neuba-vision"]}
+
+
+def trigger_sets_for(modality: str, spec: str | None, default: str) -> dict[str, list[Any]]:
+    """A ``--triggers`` value for a PTM of ``modality``: text sets or words, or named image sets."""
+    if modality == "text":
+        return parse_text_triggers(spec or default)
+    return named_trigger_sets((spec or "neuba-vision").split(","), modality)

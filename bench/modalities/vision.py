@@ -157,7 +157,7 @@ class VisionAdapter:
                                 f"unexpected {unexpected[:3]})")
         if head is not None:
             head.load_state_dict(hs)
-        info = {"vit_config": asdict(cfg) | {"kwargs": cfg.kwargs}}
+        info = {"vit_config": asdict(cfg)}
         return PTM("vision", family, backbone, head, ImageProcessor.load(directory), info=info)
 
     # ---------------------------------------------------------------- named parameter groups
