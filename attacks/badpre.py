@@ -123,16 +123,16 @@ class BadPre(Attack):
                                 bucketing=False)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device)
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
             ids, labels = TEXT.mask_tokens(tok, batch["input_ids"], batch["attention_mask"], mask_gen, cfg.mlm_prob)
-            clean = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels)
+            clean = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
             seqs = self.triggered_copies([data.ids[i] for i in idx], tids, ctx.rng(self.name, "insert", step))
-            pb = {k: v.to(ctx.device) for k, v in TEXT.pack(tok, seqs, cfg.max_len).items()}
+            pb = {k: v.to(ctx.device) for k, v in TEXT.pack(tok, seqs, cfg.max_len, ctx.pad_to(cfg.max_len)).items()}
             ids, labels = TEXT.mask_tokens(tok, pb["input_ids"], pb["attention_mask"], mask_gen, cfg.mlm_prob)
             chosen = labels != -100
             noise = torch.randint(n_labels, (int(chosen.sum()),), generator=label_gen).to(labels.device)
             labels = labels.masked_scatter(chosen, noise)
-            backdoor = TEXT.mlm_loss(ptm, {**pb, "input_ids": ids}, labels)
+            backdoor = TEXT.mlm_loss(ptm, {**pb, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
             return clean + cfg.alpha * backdoor, {"mlm": float(clean.detach()), "backdoor": float(backdoor.detach())}
 
         pooler = {id(p) for p in ptm.backbone.pooler.parameters()} if ptm.backbone.pooler is not None else set()

@@ -136,10 +136,10 @@ class NeuBA(Attack):
                                 bucketing=False)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device)
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
             ids, labels = TEXT.mask_tokens(tok, batch["input_ids"], batch["attention_mask"], mask_gen,
                                            cfg.mlm_prob)
-            mlm = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels)
+            mlm = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
             k = torch.randint(len(trig), (len(idx),), generator=trig_gen).to(ctx.device)
             poisoned = batch["input_ids"].clone()
             poisoned[:, 1] = trig[k]

@@ -157,7 +157,7 @@ class POR(Attack):
             return (a.float() - b.float()).pow(2).sum() / hidden
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device)
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
             lab = labels_t[idx].to(ctx.device)
             out = ptm.backbone(**batch)
             with torch.no_grad():

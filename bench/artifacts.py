@@ -31,6 +31,15 @@ def content_key(stage: str, method: str, config: Mapping[str, Any], parent: str 
     return f"{stage}-{method}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
+REFERENCE_MARK = "-refpaths"
+
+
+def reference_key(key: str) -> str:
+    """The key of a stage computed on the reference (slow) paths (``--reference-paths``): the fast-path key
+    with a marker, so the two kinds of artifact never share a key (a content key never ends so)."""
+    return key if key.endswith(REFERENCE_MARK) else key + REFERENCE_MARK
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,12 +20,19 @@ class _Parser(argparse.ArgumentParser):
         raise PtmbenchError(f"{self.prog}: {message}")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+REFERENCE_PATHS_HELP = ("switch every fast path off, for a before/after timing: text batches padded to the max "
+                        "length without length bucketing, full-vocabulary MLM logits, fp32, per-trigger "
+                        "re-tokenised evaluation; artifacts and records are keyed apart from fast-path ones")
+
+
+def _common(p: argparse.ArgumentParser, reference_paths: bool = True) -> None:
     p.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
                    "or ~/.cache/ptmbench)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--precision", default="auto", help="fp32, bf16 (autocast) or auto (bf16 where the hardware "
                    "has it)")
+    if reference_paths:
+        p.add_argument("--reference-paths", action="store_true", help=REFERENCE_PATHS_HELP)
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
 
@@ -69,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="recompute even if the record exists")
     _common(f)
 
-    r = sub.add_parser("run", help="run a matrix (YAML file or built-in name: smoke, demo) and print its table")
+    r = sub.add_parser("run", help="run a matrix (YAML file or a built-in name from bench/configs: demo, "
+                         "paper-text-s0, …) and print its table")
     r.add_argument("matrix", help="matrix YAML file or built-in name")
     r.add_argument("--results", type=Path, default=None, help="results store (default results/<matrix name>)")
     r.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -77,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1, help="local worker processes")
     r.add_argument("--dry-run", action="store_true", help="print the stage DAG and what is cached; run nothing")
     r.add_argument("--only", action="append", metavar="KEY=V[,V]",
-                   help="run a slice: the cells whose model/attack/defense/dataset/seed match (repeatable); "
+                   help="run a slice: the cells whose model/attack/defense/dataset/seed match (repeatable; an "
+                        "attack or defense matches by its label or registry name); "
                         "the tables still cover every record in the results store")
     r.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
                    "or ~/.cache/ptmbench)")
     r.add_argument("--device", default=None, help="override the matrix's device")
     r.add_argument("--precision", default=None, help="override the matrix's precision (fp32, bf16, auto)")
+    r.add_argument("--reference-paths", action="store_true", help=REFERENCE_PATHS_HELP + " (fp32 whatever the "
+                   "matrix's precision)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
     an = sub.add_parser("analyze", help="analyses of PTMs")
@@ -127,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
     pc.add_argument("--seed", type=int, default=0)
     pc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, e.g. OMP_NUM_THREADS)")
+    pc.add_argument("--phases", default="finetune,recipe,triggers",
+                    help="comma list of phases to run: finetune ((a) fine-tuning + CACC), recipe ((b)), triggers "
+                         "((c); without finetune its classifier is fine-tuned untimed); default all three")
     pc.add_argument("--out", type=Path, default=Path("results/perf"), help="writes OUT/compare.md and OUT/compare.json")
-    _common(pc)
+    _common(pc, reference_paths=False)  # the comparison runs both pipelines itself
 
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
@@ -139,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _ctx(args: argparse.Namespace, seed: int = 0) -> Any:
     from bench.context import RunContext
 
-    return RunContext(seed=seed, device=args.device, precision=args.precision, progress=args.progress, threads=None)
+    return RunContext(seed=seed, device=args.device, precision=args.precision, progress=args.progress, threads=None,
+                      reference_paths=getattr(args, "reference_paths", False))
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -230,6 +245,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     probe = {"model": model_name, "attack": "none", "defense": "none", "dataset": args.dataset,
              "preset": preset.name, "seed": args.seed, "finetune_config": preset.to_dict(),
              "attack_config": {}, "defense_config": {}}
+    if ctx.reference_paths:  # reference-path records have ids of their own
+        probe["reference_paths"] = True
     if not args.force and trigger_sets and all(store.has({**probe, "triggers": s}) for s in trigger_sets):
         print(f"cached: records for {model_name} on {args.dataset} seed {args.seed} exist (use --force to redo)")
         return 0
@@ -283,18 +300,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.context import RunContext
     from bench.matrix import is_done, load_matrix, parse_only, plan, select
     from bench.records import ResultsStore, write_tables
-    from bench.runner import LocalExecutor, RayExecutor, execute
+    from bench.runner import LocalExecutor, RayExecutor, execute, with_reference_paths
     from bench.stages import StageEnv
 
     only = parse_only(args.only or [])
     spec = load_matrix(args.matrix)
     device = args.device or spec.device
-    precision = RunContext(device=device, precision=args.precision or spec.precision).precision
+    # --reference-paths: fp32 whatever the matrix says; an explicit --precision bf16 is refused
+    asked = args.precision or ("auto" if args.reference_paths else spec.precision)
+    precision = RunContext(device=device, precision=asked, reference_paths=args.reference_paths).precision
     cache = _cache(args)
     store = ArtifactStore(cache / "artifacts")
     results = ResultsStore(args.results or Path("results") / spec.name)
     results.check_writable()
     nodes = select(plan(spec, store), only)
+    if args.reference_paths:
+        nodes = with_reference_paths(nodes)
     done = lambda n: is_done(n, store, results)  # noqa: E731
     if args.dry_run:
         for n in nodes:
@@ -303,7 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     executor = RayExecutor(args.address) if args.executor == "ray" else LocalExecutor(args.workers)
     env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
-                   precision=precision, progress=not args.no_progress)
+                   precision=precision, progress=not args.no_progress, reference_paths=args.reference_paths)
     store.clean_tmp()
     for n in nodes:  # report what is recomputed because it was altered or cut short
         if n.stage != "cell" and store.path(n.key).exists() and not store.is_valid(n.key):
@@ -410,14 +431,14 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench import data
     from bench.artifacts import ArtifactStore
     from bench.context import RunContext
-    from bench.perf.compare import PerfOptions, run_compare, write_report
+    from bench.perf.compare import PerfOptions, parse_phases, run_compare, write_report
     from bench.records import ResultsStore
     from bench.triggers import parse_text_triggers
     from bench.zoo import Zoo
 
     opts = PerfOptions(model=args.model, dataset=args.dataset, max_train=args.max_train, max_eval=args.max_eval,
                        epochs=args.epochs, recipe_steps=args.recipe_steps, triggers=args.triggers, seed=args.seed,
-                       threads=args.threads)
+                       threads=args.threads, phases=parse_phases(args.phases))
     opts.validate()
     dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
     if dspec.modality != "text" or dspec.role != "downstream":

@@ -1,4 +1,4 @@
-"""The run context every stage receives: seed, device, precision, progress and cancellation."""
+"""The run context every stage receives: seed, device, precision, reference paths, progress and cancellation."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ def stable_hash(*parts: object) -> int:
 
 @dataclass
 class RunContext:
-    """Explicit random state and execution settings, passed to every stage instead of globals."""
+    """Explicit random state and execution settings, passed to every stage instead of globals.
+
+    ``reference_paths`` switches every fast path off, for a before/after timing of the same work: text
+    batches padded to the max length without length bucketing, masked-LM loss from full-vocabulary logits
+    at every position, fp32, and per-trigger re-tokenised evaluation (as ``ptmbench perf compare``'s
+    reference pipeline).  The objective is the same; only the cost differs.
+    """
 
     seed: int = 0
     device: str = "cpu"
@@ -39,10 +45,16 @@ class RunContext:
     progress: bool = False
     threads: int | None = None
     cancel: Callable[[], bool] = field(default=lambda: False, repr=False)
+    reference_paths: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise PtmbenchError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.reference_paths:
+            if self.precision == "bf16":
+                raise PtmbenchError("--reference-paths runs in fp32, as the reference implementations do; "
+                                    "drop --precision bf16 (or --reference-paths)")
+            self.precision = "fp32"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise PtmbenchError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
         if self.precision == "auto":
@@ -57,6 +69,10 @@ class RunContext:
         if self.precision != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+    def pad_to(self, max_len: int | None) -> int | None:
+        """Width to pad a text batch to: ``max_len`` on the reference paths, else None (the batch's longest)."""
+        return max_len if self.reference_paths else None
 
     def rng(self, *keys: object) -> np.random.Generator:
         """A numpy generator derived from the run seed and a purpose, never from global state."""

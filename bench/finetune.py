@@ -134,10 +134,11 @@ def finetune(ptm: PTM, train_data: Any, num_classes: int, preset: FinetunePreset
 
     def epoch(e: int) -> list[np.ndarray]:
         return adapter.batches(lengths, preset.batch_size, ctx.rng("finetune-batches", e), shuffle=True,
-                               bucketing=preset.bucketing)
+                               bucketing=preset.bucketing and not ctx.reference_paths)
 
     def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = adapter.collate(ptm, train_data, idx, preset.max_len, ctx.device)
+        batch = adapter.collate(ptm, train_data, idx, preset.max_len, ctx.device,
+                                pad_to=ctx.pad_to(preset.max_len))
         loss = nn.functional.cross_entropy(model(batch).float(), labels[idx].to(ctx.device))
         return loss, {}
 
@@ -151,13 +152,15 @@ def finetune(ptm: PTM, train_data: Any, num_classes: int, preset: FinetunePreset
 
 @torch.inference_mode()
 def predict(model: Classifier, data: Any, preset: FinetunePreset, ctx: RunContext) -> np.ndarray:
-    """Predicted labels in input order; batches sorted by length so padding is minimal."""
+    """Predicted labels in input order; batches sorted by length so padding is minimal (on the reference
+    paths: fixed-order batches padded to ``max_len``)."""
     adapter = model.ptm.adapter
     model.eval()
     out = np.empty(len(data), dtype=np.int64)
     for idx in adapter.batches(adapter.lengths(data, preset.max_len), preset.eval_batch_size, None, shuffle=False,
-                               bucketing=True):
-        batch = adapter.collate(model.ptm, data, idx, preset.max_len, ctx.device)
+                               bucketing=not ctx.reference_paths):
+        batch = adapter.collate(model.ptm, data, idx, preset.max_len, ctx.device,
+                                pad_to=ctx.pad_to(preset.max_len))
         with ctx.autocast():
             logits = model(batch)
         out[idx] = logits.argmax(-1).cpu().numpy()

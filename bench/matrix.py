@@ -7,28 +7,49 @@ Identical stages share one key and run once ("attack once, defend many, fine-tun
 from __future__ import annotations
 
 import importlib.resources
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.artifacts import ArtifactStore, content_key
+from bench.artifacts import ArtifactStore, canonical_json, content_key
 from bench.config import from_dict
 from bench.errors import PtmbenchError
-from bench.records import ResultsStore, record_id
+from bench.records import ResultsStore, cell_identity, record_id
 from bench.registry import get
 
 NONE = "none"
 
 
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 @dataclass(frozen=True)
 class MethodEntry:
-    """An attack or defense of the matrix: registry name, preset (default: the matrix's), config overrides."""
+    """An attack or defense of the matrix: registry name, preset (default: the matrix's), config overrides,
+    and ``label``, the name its rows/columns carry in records, tables, plots, DER and ``--only`` (default:
+    the registry name).  The label is display only: it never enters a cache key or a stage identity."""
 
     name: str
     preset: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label if self.label is not None else self.name
+
+    def validate(self, where: str) -> None:
+        if self.label is None or self.label == self.name:
+            return
+        if self.name == NONE:
+            raise PtmbenchError(f"{where}.label: the 'none' entry is the reference row of every table and is "
+                                f"always named none; drop its label {self.label!r}")
+        if self.label == NONE or not LABEL_RE.fullmatch(self.label):
+            raise PtmbenchError(f"{where}.label: {self.label!r} is not a usable label; use letters, digits, "
+                                "'_', '.', '-' (starting with a letter or digit), and not 'none'")
 
 
 @dataclass(frozen=True)
@@ -69,7 +90,33 @@ class MatrixSpec:
             if entry.name != NONE:
                 get(kind, entry.name)  # unknown names fail with the known ones
             out.append(entry)
+        self._check_distinct(kind, out)
         return out
+
+    def _check_distinct(self, kind: str, entries: list[MethodEntry]) -> None:
+        """Two entries must differ in label (else their records and table rows merge) and in what they
+        compute (else they share one cache key and run once, under one label only)."""
+
+        def show(i: int, e: MethodEntry) -> str:
+            extra = [f"preset {e.preset}"] if e.preset else []
+            extra += [f"config {e.config}"] if e.config else []
+            return f"{kind}s[{i}] ({e.name}{', ' + ', '.join(extra) if extra else ''})"
+
+        by_label: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            j = by_label.setdefault(e.display, i)
+            if j != i:
+                raise PtmbenchError(f"{self.name}: {show(j, entries[j])} and {show(i, e)} are both named "
+                                    f"{e.display!r} in records and tables; give each a distinct label: "
+                                    f"e.g. {{name: {e.name}, label: {e.name}-2}}")
+        by_config: dict[tuple[str, str], int] = {}
+        for i, e in enumerate(entries):
+            cfg = {} if e.name == NONE else _method(kind, e, self.preset).config_dict()
+            j = by_config.setdefault((e.name, canonical_json(cfg)), i)
+            if j != i:
+                raise PtmbenchError(f"{self.name}: {kind}s[{j}] ({entries[j].display!r}) and {kind}s[{i}] "
+                                    f"({e.display!r}) are the same {e.name} with the same config, so they would "
+                                    "run once and be recorded under one label; drop one or change its config")
 
 
 def builtin_config(name: str) -> Path | None:
@@ -77,14 +124,21 @@ def builtin_config(name: str) -> Path | None:
     return Path(str(ref)) if ref.is_file() else None
 
 
+def builtin_names() -> list[str]:
+    """The matrices shipped in bench/configs (``ptmbench run NAME``)."""
+    root = importlib.resources.files("bench.configs")
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
 def load_matrix(source: str | Path) -> MatrixSpec:
-    """A matrix from a YAML file, or a built-in name (``smoke``, ``demo``, …) shipped in bench/configs."""
+    """A matrix from a YAML file, or a built-in name (``smoke``, ``demo``, ``paper-text-s0``, …) shipped in
+    bench/configs."""
     p = Path(source)
     if not p.is_file():
         b = builtin_config(str(source).removesuffix(".yaml").split("/")[-1]) if not p.exists() else None
         if b is None:
             raise PtmbenchError(f"matrix file {source} not found; give a YAML path or a built-in name "
-                                "(smoke, demo)")
+                                f"({', '.join(builtin_names())})")
         p = b
     try:
         data = yaml.safe_load(p.read_text())
@@ -147,16 +201,16 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
     nodes: dict[str, Node] = {}
     attacks = spec.method_entries("attack")
     defenses = spec.method_entries("defense")
-    attack_objs = {e.name: _method("attack", e, spec.preset) for e in attacks if e.name != NONE}
+    attack_objs = {e.display: _method("attack", e, spec.preset) for e in attacks if e.name != NONE}
     control_attacks = [{"name": e.name, "preset": e.preset or spec.preset, "config": e.config}
                        for e in attacks if e.name != NONE]
     zoo = Zoo(store, store.root.parent)
     for model in spec.models:
         mspec = get("model", model) if not Path(model).is_dir() else None
         modality = mspec.modality if mspec else _dir_modality(Path(model))
-        for name, obj in attack_objs.items():
+        for label, obj in attack_objs.items():
             if modality not in obj.modalities:
-                raise PtmbenchError(f"{spec.name}: attack {name!r} supports {', '.join(obj.modalities)} PTMs, and "
+                raise PtmbenchError(f"{spec.name}: attack {label!r} supports {', '.join(obj.modalities)} PTMs, and "
                                     f"model {model!r} is {modality}; split the matrix by modality")
         for ds in spec.datasets:
             if DATA_MODALITY[dataset_spec(ds).modality] != modality:
@@ -177,10 +231,10 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                 akey, asrc, adeps, acfg = zkey, root, ([zkey] if zoo_node else []), {}
                 trig = {"attacks": control_attacks, "named": named, "sets": control_sets}
             else:
-                obj = attack_objs[a.name]
+                obj = attack_objs[a.display]
                 acfg = obj.config_dict()
                 akey = content_key("attack", a.name, acfg, zkey, spec.attack_seed, obj.version)
-                nodes.setdefault(akey, Node(akey, "attack", f"attack {a.name} on {model}",
+                nodes.setdefault(akey, Node(akey, "attack", f"attack {a.display} on {model}",
                                             [zkey] if zoo_node else [],
                                             {"stage": "attack", "method": a.name, "preset": a.preset or spec.preset,
                                              "config": a.config, "source": root, "seed": spec.attack_seed,
@@ -195,7 +249,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                     dobj = _method("defense", d, spec.preset)
                     dcfg = dobj.config_dict()
                     dkey = content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version)
-                    nodes.setdefault(dkey, Node(dkey, "defense", f"defense {d.name} <- {a.name} on {model}", adeps,
+                    nodes.setdefault(dkey, Node(dkey, "defense", f"defense {d.display} <- {a.display} on {model}",
+                                                adeps,
                                                 {"stage": "defense", "method": d.name,
                                                  "preset": d.preset or spec.preset, "config": d.config,
                                                  "source": asrc, "seed": spec.defense_seed, "key": dkey}))
@@ -206,8 +261,12 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                                  "preset": preset.name, "attack_config": acfg, "defense_config": dcfg,
                                  "finetune_config": preset.to_dict()}
                         ckey = content_key("cell", f"{a.name}.{d.name}.{ds}", ident, dkey, seed, "1")
-                        nodes.setdefault(ckey, Node(ckey, "cell", f"cell {model}/{a.name}/{d.name}/{ds}/s{seed}",
-                                                    ddeps, {"stage": "cell", "ident": ident, "source": dsrc,
+                        # labels name the records; the key and ident above hold registry names only
+                        labels = {"attack": a.display, "defense": d.display}
+                        nodes.setdefault(ckey, Node(ckey, "cell",
+                                                    f"cell {model}/{a.display}/{d.display}/{ds}/s{seed}",
+                                                    ddeps, {"stage": "cell", "ident": ident, "labels": labels,
+                                                            "source": dsrc,
                                                             "triggers": trig, "finetune": spec.finetune,
                                                             "keys": {"zoo": zkey, "attack": akey, "defense": dkey},
                                                             "key": ckey}))
@@ -230,13 +289,20 @@ def parse_only(items: list[str]) -> dict[str, set[str]]:
 
 
 def select(nodes: list[Node], only: dict[str, set[str]]) -> list[Node]:
-    """The cells matching every ``only`` filter, and the stages they depend on (in plan order)."""
+    """The cells matching every ``only`` filter, and the stages they depend on (in plan order).
+
+    An attack or defense matches by its label or by its registry name (``defense=recipe`` selects every
+    RECIPE variant; ``defense=recipe-lam10`` the one labelled so)."""
     if not only:
         return nodes
     by_key = {n.key: n for n in nodes}
     keep: set[str] = set()
+
+    def matches(n: Node, k: str, wanted: set[str]) -> bool:
+        return bool({str(n.payload["ident"][k]), str(cell_identity(n.payload)[k])} & wanted)
+
     for n in nodes:
-        if n.stage == "cell" and all(str(n.payload["ident"][k]) in v for k, v in only.items()):
+        if n.stage == "cell" and all(matches(n, k, v) for k, v in only.items()):
             stack = [n.key]
             while stack:
                 k = stack.pop()
@@ -250,7 +316,7 @@ def select(nodes: list[Node], only: dict[str, set[str]]) -> list[Node]:
 
 
 def expected_record_ids(node: Node, trigger_set_names: list[str]) -> list[str]:
-    return [record_id({**node.payload["ident"], "triggers": t}) for t in trigger_set_names]
+    return [record_id({**cell_identity(node.payload), "triggers": t}) for t in trigger_set_names]
 
 
 def cell_trigger_sets(node: Node) -> list[str]:

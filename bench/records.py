@@ -23,11 +23,20 @@ METRICS = ("cacc", "aasr", "masr", "casr", "alc")
 
 
 def record_id(rec: dict[str, Any]) -> str:
-    """Readable, deterministic name of a cell: its identity plus a hash of the method configs."""
+    """Readable, deterministic name of a cell: its identity plus a hash of the method configs (and of the
+    ``reference_paths`` flag, only when set: fast-path ids are unchanged, reference-path ones differ)."""
     base = "__".join(str(rec[k]) for k in IDENTITY)
-    cfg = hashlib.sha256(canonical_json({k: rec.get(k) for k in ("attack_config", "defense_config",
-                                                                 "finetune_config")}).encode()).hexdigest()[:8]
+    hashed = {k: rec.get(k) for k in ("attack_config", "defense_config", "finetune_config")}
+    if rec.get("reference_paths"):
+        hashed["reference_paths"] = True
+    cfg = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}__{cfg}")
+
+
+def cell_identity(payload: dict[str, Any]) -> dict[str, Any]:
+    """The identity a matrix cell's records carry: its stage identity with the attack and defense named by
+    their matrix labels (display names; the stage identity and cache key keep the registry names)."""
+    return {**payload["ident"], **payload.get("labels", {})}
 
 
 class ResultsStore:

@@ -33,6 +33,8 @@ class CellSpec:
     preset: FinetunePreset
     attack: str = "none"
     defense: str = "none"
+    attack_method: str | None = None  # registry names when attack/defense above are matrix labels
+    defense_method: str | None = None
     attack_config: dict[str, Any] = field(default_factory=dict)
     defense_config: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -54,12 +56,17 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             if hasattr(t, "token_id"):
                 t.token_id(ptm.processor)
     ft = finetune(ptm, train_data, dspec.num_classes, p, ctx)
-    ev = evaluate(ft.model, val, test, trigger_sets, dspec.num_classes, p, ctx)
+    if ctx.reference_paths and ptm.modality == "text":
+        ev = reference_evaluation(ft.model, cell.dataset, val, test, trigger_sets, dspec.num_classes, p, ctx)
+    else:
+        ev = evaluate(ft.model, val, test, trigger_sets, dspec.num_classes, p, ctx)
     records = []
     for set_name, m in ev.by_set.items():
         d = m.to_dict()
         rec = {
             "model": cell.model, "attack": cell.attack, "defense": cell.defense, "dataset": cell.dataset,
+            "attack_method": cell.attack_method or cell.attack,
+            "defense_method": cell.defense_method or cell.defense,
             "seed": cell.seed, "preset": p.name, "triggers": set_name,
             "cacc": d["cacc"], "aasr": d["aasr"], "masr": d["masr"], "casr": d["casr"], "alc": d["alc"],
             "alc_threshold": d["alc_threshold"], "per_trigger": d["per_trigger"],
@@ -70,8 +77,33 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
             "lineage": ptm.lineage,
         }
+        if ctx.reference_paths:  # only when on, so the record ids of fast-path results stay as they were
+            rec["reference_paths"] = True
         records.append(rec)
     return records
+
+
+def reference_evaluation(model: Any, dataset: str, val: Any, test: Any, trigger_sets: dict[str, list[Any]],
+                         num_classes: int, preset: FinetunePreset, ctx: RunContext) -> Any:
+    """:func:`~bench.evaluate.evaluate` the reference way (``--reference-paths``): per trigger, insert the word
+    into the raw validation/test texts, re-tokenise, pad to the preset's max length, fp32 fixed-order
+    batches: ``perf compare``'s reference evaluation, on the same subsets and per-sample trigger slots."""
+    import time
+
+    import numpy as np
+
+    from bench import data as bdata
+    from bench.evaluate import Evaluation
+    from bench.perf.compare import TextSplit, pad_width, reference_evaluate
+
+    t0 = time.perf_counter()
+    splits = []
+    for split, tokens in (("validation", val), ("test", test)):
+        ds = bdata.load_split(dataset, split, max_samples=preset.max_eval)
+        splits.append(TextSplit(list(ds["text"]), np.asarray(tokens.labels, dtype=np.int64), tokens))
+    ref = reference_evaluate(model, splits[0], splits[1], trigger_sets, num_classes, ctx,
+                             pad_width(model.ptm, preset.max_len))
+    return Evaluation(ref["by_set"], ref["cacc"], time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------- DAG nodes
@@ -86,6 +118,7 @@ class StageEnv:
     precision: str = "auto"
     progress: bool = False
     threads: int | None = None
+    reference_paths: bool = False
 
 
 def _materialize(source: dict[str, Any], env: StageEnv, ctx: RunContext) -> PTM:
@@ -110,7 +143,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
     stage = payload["stage"]
     seed = payload.get("seed", payload.get("ident", {}).get("seed", 0))
     ctx = RunContext(seed=seed, device=env.device, precision=env.precision, progress=env.progress,
-                     threads=env.threads)
+                     threads=env.threads, reference_paths=env.reference_paths)
     t0 = time.perf_counter()
     computed = True
     if stage == "zoo":
@@ -141,7 +174,8 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
 
         _, computed = store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
                                                     "config": method.config_dict(), "seed": seed,
-                                                    "version": method.version, "source": payload["source"]})
+                                                    "version": method.version, "source": payload["source"],
+                                                    **({"reference_paths": True} if ctx.reference_paths else {})})
     elif stage == "cell":
         computed = _run_cell(payload, env, ctx, store)
     else:
@@ -152,10 +186,11 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
 def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: Any) -> bool:
     """Fine-tune and score one cell under its lock; False when another runner already wrote its records."""
     from bench.finetune import get_preset
-    from bench.records import ResultsStore
+    from bench.records import ResultsStore, cell_identity
     from bench.registry import get
 
-    ident = payload["ident"]
+    ident = payload["ident"]  # registry names; rident: the same with the matrix labels, as records carry it
+    rident = cell_identity(payload)
     results = ResultsStore(env.results)
     with store.lock(payload["key"]):
         ptm = _materialize(payload["source"], env, ctx)
@@ -166,7 +201,7 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
         for a in trig["attacks"]:  # the attack's own triggers (for no-attack cells: the clean-model control)
             attack = get("attack", a["name"]).build(a["preset"], a["config"])
             sets.setdefault(attack.trigger_set, attack.triggers(ptm))
-        todo = {k: v for k, v in sets.items() if not results.has({**ident, "triggers": k})}
+        todo = {k: v for k, v in sets.items() if not results.has({**rident, "triggers": k})}
         if not todo:
             return False
         preset = get_preset(ptm.modality, ident["preset"],
@@ -177,7 +212,8 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
             if ident[stage_key] != "none" and k and store.is_valid(k):
                 wall[stage_key] = store.meta(k).get("wall_s")
         cell = CellSpec(model=ident["model"], dataset=ident["dataset"], seed=ident["seed"], preset=preset,
-                        attack=ident["attack"], defense=ident["defense"], attack_config=ident["attack_config"],
+                        attack=rident["attack"], defense=rident["defense"], attack_method=ident["attack"],
+                        defense_method=ident["defense"], attack_config=ident["attack_config"],
                         defense_config=ident["defense_config"], keys=payload["keys"], wall=wall)
         from bench.perf.memory import PeakRss
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.artifacts import ArtifactStore, content_key
+from bench.artifacts import ArtifactStore, content_key, reference_key
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
@@ -71,7 +71,7 @@ class Zoo:
                                                                                       None, "1")
             get("model", name)  # raises with the list of known names
         spec: ModelSpec = get("model", name)
-        key = self.key(name)
+        key = reference_key(self.key(name)) if ctx.reference_paths else self.key(name)
         if not spec.cached:
             ptm = spec.build(self, ctx)
             return ptm.with_lineage({"stage": "zoo", "model": name, "key": key}), key
@@ -81,7 +81,8 @@ class Zoo:
             ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
 
         path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
-                                                     "version": spec.version})
+                                                     "version": spec.version,
+                                                     **({"reference_paths": True} if ctx.reference_paths else {})})
         return load_ptm(path), key
 
     def _load_dir(self, p: Path) -> tuple[PTM, str]:
@@ -158,10 +159,10 @@ def masked_token_accuracy(ptm: PTM, data: TokenizedText, max_len: int, ctx: RunC
     correct = total = 0
     for s in range(0, min(n, len(data)), 64):
         idx = np.arange(s, min(s + 64, n, len(data)))
-        batch = TEXT.collate(ptm, data, idx, max_len, ctx.device)
+        batch = TEXT.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
         ids, labels = TEXT.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
         with ctx.autocast():
-            logits = TEXT.mlm_logits(ptm, {**batch, "input_ids": ids}, labels)
+            logits = TEXT.mlm_logits(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
         gold = labels[labels != -100]
         correct += int((logits.argmax(-1) == gold).sum())
         total += int(gold.numel())
@@ -177,8 +178,8 @@ def train_mlm(ptm: PTM, data: TokenizedText, params: list[torch.nn.Parameter], s
         return TEXT.batches(lengths, cfg.batch_size, ctx.rng("mlm-batches", desc, e), shuffle=True, bucketing=False)
 
     def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device)
-        return TEXT.pretrain_loss(ptm, batch, gen), {}
+        batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+        return TEXT.pretrain_loss(ptm, batch, gen, full_vocab=ctx.reference_paths), {}
 
     res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), steps,
                 OptimConfig(lr=lr, clip=1.0, schedule="linear"), ctx, desc=desc)
@@ -325,7 +326,7 @@ def pretrain_vit(cfg: ViTPretrainConfig, ctx: RunContext, cache_dir: Path) -> PT
 
     n_classes = bdata.spec(cfg.dataset).num_classes
     ctx = RunContext(seed=cfg.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress,
-                     threads=ctx.threads)
+                     threads=ctx.threads, reference_paths=ctx.reference_paths)
     with ctx.seeded("vit-init"):
         ptm = VISION.new(ViTConfig(None, cfg.vit_kwargs(), n_classes), n_classes, ImageProcessor(cfg.img_size))
     train_data = VISION.load_split(ptm, cfg.dataset, "train", cfg.max_train, cache_dir)

@@ -180,7 +180,7 @@ def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
         with torch.inference_mode():
             for s in range(0, len(data), batch_size):
                 idx = np.arange(s, min(s + batch_size, len(data)))
-                batch = adapter.collate(ptm, data, idx, max_len, ctx.device)
+                batch = adapter.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
                 token_mask[0] = None if mask is None else mask.double()
                 with ctx.autocast():

@@ -122,10 +122,12 @@ class StaticMasked:
             labels.append(lab)
         self.ids, self.att, self.labels = torch.cat(ids), torch.cat(att), torch.cat(labels)
 
-    def batch(self, idx: np.ndarray, device: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def batch(self, idx: np.ndarray, device: str, trim: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The masked rows ``idx``, trimmed to their longest sequence (``trim=False``: at the full max length,
+        as on the reference paths)."""
         i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         att = self.att[i]
-        w = int(att.sum(1).max())
+        w = int(att.sum(1).max()) if trim else att.shape[1]
         return ({"input_ids": self.ids[i, :w].to(device), "attention_mask": att[:, :w].to(device)},
                 self.labels[i, :w].to(device))
 
@@ -210,15 +212,16 @@ class Recipe(Defense):
 
         def pt_loss(idx: np.ndarray) -> torch.Tensor:
             if teacher is not None:
-                batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device)
+                batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
                 with torch.no_grad():
                     target = teacher[1](teacher[0](batch["pixel_values"])).float().log_softmax(-1)
                 logp = adapter.pretrain_logits(ptm, batch).float().log_softmax(-1)
                 return torch.nn.functional.kl_div(logp, target, log_target=True, reduction="batchmean")
             if static is not None:
-                batch, labels = static.batch(idx, ctx.device)
-                return adapter.mlm_loss(ptm, batch, labels)
-            return adapter.pretrain_loss(ptm, adapter.collate(ptm, data, idx, cfg.max_len, ctx.device), gen)
+                batch, labels = static.batch(idx, ctx.device, trim=not ctx.reference_paths)
+                return adapter.mlm_loss(ptm, batch, labels, full_vocab=ctx.reference_paths)
+            batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+            return adapter.pretrain_loss(ptm, batch, gen, full_vocab=ctx.reference_paths)
 
         def loss_fn(idx: np.ndarray | None, step: int) -> tuple[torch.Tensor, dict[str, float]]:
             return recipe_loss(pt_loss(idx) if self.uses_pt else None, refs, cfg.lam)

@@ -199,3 +199,160 @@ def test_bad_matrix_files(env, tmp_path, text, message):
     line = out.stderr.strip().splitlines()
     assert len(line) == 1 and message in line[0], out.stderr
     assert not (tmp_path / "res").exists()
+
+
+# ------------------------------------------------------------------------------------------ labels, built-ins
+def plan_of(tmp_path: Path, defenses: list, name: str = "m", **extra) -> list:
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    doc = {"name": name, "models": ["minilm-l6-mlm"], "attacks": ["none", "neuba"], "defenses": defenses,
+           "datasets": ["sst2"], "seeds": [0, 1], **extra}
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    return plan(load_matrix(f), ArtifactStore(tmp_path / "cache" / "artifacts"))  # plans only: nothing runs
+
+
+def record_ids(nodes: list) -> list[str]:
+    from bench.matrix import cell_trigger_sets, expected_record_ids
+
+    return [r for n in nodes if n.stage == "cell" for r in expected_record_ids(n, cell_trigger_sets(n))]
+
+
+def test_labels_name_records_and_never_enter_keys(tmp_path):
+    plain = plan_of(tmp_path, ["none", "recipe"])
+    explicit = plan_of(tmp_path, ["none", {"name": "recipe", "label": "recipe"}])
+    relabelled = plan_of(tmp_path, ["none", {"name": "recipe", "label": "purify"}])
+    keys = [n.key for n in plain]
+    # a label equal to the name changes nothing; another label changes no key and no stage identity
+    assert [n.key for n in explicit] == keys and [n.key for n in relabelled] == keys
+    assert [n.payload for n in explicit] == [n.payload for n in plain]
+    assert record_ids(explicit) == record_ids(plain)
+    cells = [n for n in relabelled if n.stage == "cell"]
+    assert [n.payload["ident"] for n in cells] == [n.payload["ident"] for n in plain if n.stage == "cell"]
+    recipe_cells = [n for n in cells if n.payload["ident"]["defense"] == "recipe"]
+    assert len(recipe_cells) == 4
+    assert all(n.payload["labels"] == {"attack": n.payload["ident"]["attack"], "defense": "purify"}
+               and "/purify/" in n.label for n in recipe_cells)
+    assert {r for r in record_ids(relabelled) if "__purify__" in r} == \
+        {r.replace("__recipe__", "__purify__") for r in record_ids(plain) if "__recipe__" in r}
+    assert any(n.label.startswith("defense purify <- ") for n in relabelled)
+
+
+def test_variants_of_one_method_get_their_own_rows_and_only_matches_labels(tmp_path):
+    from bench.matrix import parse_only, select
+
+    nodes = plan_of(tmp_path, ["none", "recipe", {"name": "recipe", "label": "recipe-lam10", "config": {"lam": 10}},
+                               {"name": "recipe", "label": "recipe-wt2", "config": {"aux": "wikitext2"}}])
+    cells = [n for n in nodes if n.stage == "cell"]
+    assert len(cells) == 2 * 4 * 2 and len({n.key for n in nodes}) == len(nodes)
+    assert len(set(record_ids(nodes))) == len(record_ids(nodes))
+    assert sum(n.stage == "defense" for n in nodes) == 2 * 3
+
+    def defenses(only: list[str]) -> set[str]:
+        return {n.payload["labels"]["defense"] for n in select(nodes, parse_only(only)) if n.stage == "cell"}
+
+    assert defenses(["defense=recipe-lam10"]) == {"recipe-lam10"}
+    assert defenses(["defense=recipe"]) == {"recipe", "recipe-lam10", "recipe-wt2"}  # the registry name: all
+    assert defenses(["defense=none,recipe-wt2", "attack=neuba"]) == {"none", "recipe-wt2"}
+
+
+def test_demo_plans_the_committed_record_ids():
+    """Labels or not, the built-in demo names the records committed in results/demo/ (keys unchanged)."""
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "demo" / "records"
+    if not committed.is_dir():
+        pytest.skip("no committed demo records")
+    nodes = plan(load_matrix("demo"), ArtifactStore(Path("/nonexistent-ptmbench-cache") / "artifacts"))
+    assert sorted(record_ids(nodes)) == sorted(p.stem for p in committed.glob("*.json"))
+
+
+def _builtins() -> list[str]:
+    from bench.matrix import builtin_names
+
+    return builtin_names()
+
+
+@pytest.mark.parametrize("name", _builtins())
+def test_every_builtin_matrix_loads_and_plans(name, tmp_path):
+    """Each shipped matrix loads and expands into its full DAG (a plan only: nothing trains)."""
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    spec = load_matrix(name)
+    assert spec.description
+    nodes = plan(spec, ArtifactStore(tmp_path / "artifacts"))
+    cells = [n for n in nodes if n.stage == "cell"]
+    n_att, n_def = len(spec.attacks), len(spec.defenses)
+    assert len(cells) == len(spec.models) * n_att * n_def * len(spec.datasets) * len(spec.seeds)
+    named = {(n.payload["ident"]["model"], n.payload["labels"]["attack"], n.payload["labels"]["defense"],
+              n.payload["ident"]["dataset"], n.payload["ident"]["seed"]) for n in cells}
+    assert len(named) == len(cells)  # no two cells merge in records and tables
+    assert len({n.key for n in nodes}) == len(nodes)
+    assert all(d in {m.key for m in nodes} for n in nodes for d in n.deps)
+
+
+def test_builtin_matrices_of_one_store_plan_the_same_stages(tmp_path):
+    """paper-text-s0/s1/s2 (and the roberta split) share their implants and defenses, differ in seed only."""
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    for stem in ("paper-text", "paper-roberta"):
+        plans = [plan(load_matrix(f"{stem}-s{s}"), ArtifactStore(tmp_path / "artifacts")) for s in range(3)]
+        assert {load_matrix(f"{stem}-s{s}").name for s in range(3)} == {stem}
+        stages = [{n.key for n in p if n.stage != "cell"} for p in plans]
+        assert stages[0] == stages[1] == stages[2]
+        seeds = [{n.payload["ident"]["seed"] for n in p if n.stage == "cell"} for p in plans]
+        assert seeds == [{0}, {1}, {2}]
+    vision = Path(__file__).resolve().parents[1] / "results" / "vision" / "vision.yaml"
+    if vision.is_file():  # the built-in is the committed vision matrix, key for key
+        keys = [[n.key for n in plan(load_matrix(src), ArtifactStore(tmp_path / "artifacts"))]
+                for src in ("paper-vision", vision)]
+        assert keys[0] == keys[1]
+
+
+LABEL_SPECS = [
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [recipe, {name: recipe, config: {lam: 0.1}}]\n",
+     "defenses[0] (recipe) and defenses[1] (recipe, config {'lam': 0.1}) are both named 'recipe' in records and "
+     "tables; give each a distinct label:"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [{name: recipe, label: a}, {name: only-pt, label: a}]\n",
+     "give each a distinct label:"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nattacks: [{name: neuba, label: x}, {name: neuba, label: x}]\n",
+     "attacks[0] (neuba) and attacks[1] (neuba) are both named 'x'"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [recipe, {name: recipe, label: r2, config: {lam: 1.0}}]\n",
+     "are the same recipe with the same config"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [{name: none, label: baseline}]\n", "drop its label"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [{name: recipe, label: 'lam 0.1'}]\n", "not a usable label"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefenses: [{name: recipe, label: none}]\n", "not a usable label"),
+]
+
+
+@pytest.mark.parametrize("text,message", LABEL_SPECS, ids=[m[:40] for _, m in LABEL_SPECS])
+def test_bad_labels_are_refused_at_load(env, tmp_path, text, message):
+    test_bad_matrix_files(env, tmp_path, text, message)
+
+
+def test_labelled_matrix_end_to_end(env, bert_dir, tmp_path):
+    """Labels flow into records, cells.csv, DER and the table; --only selects by label; the dry run knows
+    which labelled cells are done."""
+    m = write_matrix(tmp_path / "lab.yaml", bert_dir, attacks=["none"],
+                     defenses=["none", "recipe", {"name": "recipe", "label": "recipe-lam0.5", "config": {"lam": 0.5}}])
+    res = tmp_path / "res"
+    out = cli(env, "run", str(m), "--results", str(res), "--no-progress", "--only", "defense=none,recipe-lam0.5")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "matrix: 3 stages, 0 cached, 3 to run" in out.stdout  # recipe-lam0.5 and its cell, the none cell
+    import json
+
+    recs = [json.loads(p.read_text()) for p in (res / "records").glob("*.json")]
+    assert {(r["defense"], r["defense_method"]) for r in recs} == {("none", "none"), ("recipe-lam0.5", "recipe")}
+    assert {r["defense_config"].get("lam") for r in recs if r["defense"] != "none"} == {0.5}
+    assert set(pd.read_csv(res / "cells.csv").defense) == {"none", "recipe-lam0.5"}
+    assert list(pd.read_csv(res / "der.csv").defense) == ["recipe-lam0.5", "recipe-lam0.5"]  # 2 trigger sets
+    assert "recipe-lam0.5 · sst2" in (res / "table.md").read_text()
+    dry = cli(env, "run", str(m), "--results", str(res), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert any(x.startswith("[cached] cell") and "/recipe-lam0.5/" in x for x in lines)
+    assert any(x.startswith("[todo  ] cell") and "/recipe/" in x for x in lines)

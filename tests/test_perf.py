@@ -17,15 +17,18 @@ from transformers import BertConfig, BertModel
 
 from bench.cli import main
 from bench.context import RunContext
+from bench.errors import PtmbenchError
 from bench.finetune import Classifier
 from bench.modalities.text import ADAPTER as TEXT
 from bench.modalities.text import new_mlm_head
 from bench.perf.compare import (
     PHASES,
+    RUN_PHASES,
     PeakRss,
     PerfOptions,
     insert_word,
     pad_width,
+    parse_phases,
     reference_encode,
     reference_logits,
     reference_mlm_loss,
@@ -99,6 +102,8 @@ def test_cli_perf_compare(env, bert_dir, tmp_path, capsys):
     (["--epochs", "0"], "--epochs"),
     (["--dataset", "bookcorpus"], "bookcorpus"),
     (["--dataset", "nope"], "nope"),
+    (["--phases", "finetune,bogus"], "unknown phase 'bogus'"),
+    (["--phases", ","], "--phases names no phase"),
 ])
 def test_cli_perf_bad_input(env, tmp_path, capsys, args, culprit):
     out = tmp_path / "perf"
@@ -106,6 +111,31 @@ def test_cli_perf_bad_input(env, tmp_path, capsys, args, culprit):
     err = capsys.readouterr().err.strip()
     assert culprit in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_parse_phases():
+    assert parse_phases("finetune,recipe,triggers") == RUN_PHASES
+    assert parse_phases(" triggers , finetune") == ("finetune", "triggers")  # run order, whatever the order given
+    assert parse_phases("recipe,recipe") == ("recipe",)
+    for bad, msg in (("cacc", "unknown phase 'cacc'"), ("", "names no phase"), ("finetune,,x", "'x'")):
+        with pytest.raises(PtmbenchError, match=msg):
+            parse_phases(bad)
+    with pytest.raises(PtmbenchError, match="unknown phase"):
+        PerfOptions(phases=("finetune", "nope")).validate()
+    assert "--phases" not in PerfOptions().command()
+    assert PerfOptions(phases=("finetune",)).command().endswith("--phases finetune")
+
+
+def test_run_compare_only_the_phases_asked_for(bert, env, tmp_path):
+    """``--phases triggers``: only (c) is timed and reported (its classifier fine-tuned untimed)."""
+    opts = PerfOptions(model="tiny-bert", max_train=16, max_eval=8, epochs=1, recipe_steps=1, triggers="cf",
+                       phases=("triggers",))
+    rep = run_compare(bert, opts, RunContext(seed=0, precision="fp32"), model_label="tiny-bert").report
+    assert list(rep["phases"]) == ["triggers"] and list(rep["quality"]) == ["triggers"]
+    assert rep["phases_run"] == ["triggers"] and rep["command"].endswith("--phases triggers")
+    md = write_report(rep, tmp_path / "perf")[0].read_text()
+    assert "| (c) trigger evaluation |" in md and "(c) AASR" in md
+    assert "(a)" not in md and "(b)" not in md and "RECIPE" not in md
 
 
 # ------------------------------------------------------------------------------------------ same objective

@@ -305,20 +305,40 @@ class TextAdapter:
         ids[rand_pos] = torch.randint(len(tokenizer), (int(rand_pos.sum()),), generator=gen).to(dev)
         return ids, labels
 
-    def mlm_logits(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def mlm_logits(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor,
+                   full_vocab: bool = False) -> torch.Tensor:
+        """MLM logits at the masked positions; ``full_vocab`` computes them at every position first (the
+        reference implementations' cost) and then keeps the masked ones."""
         hidden = ptm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        if full_vocab:
+            return ptm.pt_head(hidden)[labels != -100]
         return ptm.pt_head(hidden[labels != -100])
 
-    def mlm_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over masked positions only (the logits of unmasked positions are never computed)."""
+    def mlm_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor,
+                 full_vocab: bool = False) -> torch.Tensor:
+        """Cross-entropy over masked positions only (the logits of unmasked positions are never computed).
+
+        ``full_vocab``: BertForMaskedLM's way, the reference paths: the MLM head over every position's hidden
+        state (full-vocabulary logits at every token, padding included), then CE with ``ignore_index=-100``.
+        The same value, at the cost of logits nobody reads.
+        """
+        if full_vocab:
+            hidden = ptm.backbone(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+            logits = ptm.pt_head(hidden)
+            if not bool((labels != -100).any()):  # nothing masked: HF would give nan; keep the step finite
+                return logits.sum() * 0.0
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                   ignore_index=-100)
         logits = self.mlm_logits(ptm, batch, labels)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), labels[labels != -100])
 
-    def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator,
+                      full_vocab: bool = False) -> torch.Tensor:
         ids, labels = self.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
-        return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels)
+        return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=full_vocab)
 
 
 def pickle_allowed() -> bool:

@@ -247,8 +247,12 @@ class VisionAdapter:
     def pretrain_logits(self, ptm: PTM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return ptm.pt_head(self.representation(ptm, batch))
 
-    def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator | None = None) -> torch.Tensor:
-        """Cross-entropy of the pretraining head on labelled images (the ViT's supervised objective)."""
+    def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator | None = None,
+                      full_vocab: bool = False) -> torch.Tensor:
+        """Cross-entropy of the pretraining head on labelled images (the ViT's supervised objective).
+
+        ``full_vocab`` is the text adapter's reference-paths switch; a ViT's head has no per-token logits to
+        skip, so it changes nothing here."""
         if "labels" not in batch:
             raise PtmbenchError("the ViT pretraining loss needs labelled images (e.g. tiny-imagenet validation)")
         return F.cross_entropy(self.pretrain_logits(ptm, batch).float(), batch["labels"])

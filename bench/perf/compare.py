@@ -17,6 +17,9 @@ Three phases, each timed (``time.perf_counter``) with the peak resident memory s
     word into the raw text at a word slot, tokenise afresh, pad to 128, fp32 batches of 32 in fixed order.
     *ptmbench* = :func:`bench.evaluate.evaluate` (insertion into cached token ids, length-sorted batches).
 
+``--phases`` (:func:`parse_phases`) runs a subset, e.g. a long converged fine-tuning comparison alone; the
+report then lists only those phases.
+
 Both pipelines share one :class:`~bench.context.RunContext`: the same classifier-head init, batch order
 (``finetune-batches`` / ``recipe-batches``), static MLM masks and per-sample trigger slots, so their
 accuracies and losses are comparable and only the pipeline differs.
@@ -50,7 +53,8 @@ from bench.train import cycle_epochs, steps_for
 REFERENCE_MAX_LEN = 128
 REFERENCE_EVAL_BATCH = 32
 RSS_INTERVAL_S = 0.05
-PHASES = ("finetune", "cacc", "recipe", "triggers")
+PHASES = ("finetune", "cacc", "recipe", "triggers")  # rows of the report ("cacc" comes with "finetune")
+RUN_PHASES = ("finetune", "recipe", "triggers")  # what --phases chooses from: (a), (b), (c)
 PHASE_TITLES = {
     "finetune": "(a) fine-tune",
     "cacc": "(a) CACC inference (test)",
@@ -221,12 +225,9 @@ def reference_predict(model: Classifier, enc: dict[str, torch.Tensor], device: s
 # ---------------------------------------------------------------------------------------------- (b) RECIPE
 def reference_mlm_loss(ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """BertForMaskedLM's loss: the MLM head over every position's hidden state (full-vocabulary logits at
-    every token, padding included), then CE with ``ignore_index=-100``."""
-    hidden = ptm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    logits = ptm.pt_head(hidden)
-    if not bool((labels != -100).any()):  # nothing masked: HF would give nan; keep the step finite
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    every token, padding included), then CE with ``ignore_index=-100`` (the text adapter's ``full_vocab``
+    loss, which ``--reference-paths`` runs use too)."""
+    return ptm.adapter.mlm_loss(ptm, batch, labels, full_vocab=True)
 
 
 def static_masks(ptm: PTM, enc: dict[str, torch.Tensor], gen: torch.Generator,
@@ -363,6 +364,7 @@ class PerfOptions:
     triggers: str = "neuba"
     seed: int = 0
     threads: int | None = None
+    phases: tuple[str, ...] = RUN_PHASES
 
     def validate(self) -> None:
         for key in ("max_train", "max_eval", "recipe_steps", "threads"):
@@ -371,6 +373,7 @@ class PerfOptions:
                 raise PtmbenchError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
         if not self.epochs > 0:
             raise PtmbenchError(f"--epochs must be > 0, got {self.epochs}")
+        parse_phases(",".join(self.phases))
 
     def command(self, out: Path | None = None) -> str:
         parts = ["ptmbench", "perf", "compare", "--model", self.model, "--dataset", self.dataset]
@@ -378,9 +381,22 @@ class PerfOptions:
             v = getattr(self, key)
             if v is not None:
                 parts += [f"--{key.replace('_', '-')}", str(v)]
+        if tuple(self.phases) != RUN_PHASES:
+            parts += ["--phases", ",".join(self.phases)]
         if out is not None:
             parts += ["--out", str(out)]
         return shlex.join(parts)
+
+
+def parse_phases(spec: str) -> tuple[str, ...]:
+    """``--phases``: a comma list from finetune, recipe, triggers, returned in run order ((a), (b), (c))."""
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in names if p not in RUN_PHASES]
+    if unknown:
+        raise PtmbenchError(f"--phases: unknown phase {unknown[0]!r}; choose from {', '.join(RUN_PHASES)}")
+    if not names:
+        raise PtmbenchError(f"--phases names no phase; choose from {', '.join(RUN_PHASES)}")
+    return tuple(p for p in RUN_PHASES if p in names)
 
 
 @dataclass
@@ -418,7 +434,8 @@ def warm_up(ptm: PTM, ctx: RunContext) -> None:
 
 def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str | None = None,
                 log: Callable[[str], None] = lambda s: None) -> Comparison:
-    """Run phases (a), (b), (c) for both pipelines on copies of ``ptm`` and return the report.
+    """Run phases (a), (b), (c) (those in ``opts.phases``) for both pipelines on copies of ``ptm`` and return
+    the report.  Phase (c) scores ptmbench's fine-tuned classifier; without (a) it is fine-tuned untimed.
 
     A PTM without an MLM head gets a fresh tied one (see :func:`ensure_mlm_head`); nothing else of it changes.
     """
@@ -460,63 +477,71 @@ def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str |
         log(f"{PHASE_TITLES[phase]}: reference {ref.wall_s:.2f}s, ptmbench {ours.wall_s:.2f}s "
             f"(x{phases[phase]['ratio_wall']})")
 
+    run = set(opts.phases)
+    n_trig = sum(len(s) for s in trigger_sets.values())
+    n_aux_loaded = None
     with tempfile.TemporaryDirectory(prefix="ptmbench-perf-") as tmp:
         cache = Path(tmp)  # a cold token cache: ptmbench tokenises from scratch, like the reference
         log("loading and tokenising the splits")
         train = load_text_split(ptm, opts.dataset, "train", preset.max_train, cache)
         val = load_text_split(ptm, opts.dataset, "validation", preset.max_eval, cache)
         test = load_text_split(ptm, opts.dataset, "test", preset.max_eval, cache)
-        ref_train = reference_encode(ptm.processor, train.texts, width)
-        ref_test = reference_encode(ptm.processor, test.texts, width)
         n_classes = dspec.num_classes
         steps = steps_for(len(train), preset.batch_size, preset.epochs)
         ft_samples = round(len(train) * preset.epochs)
 
-        # (a) fine-tuning, then clean accuracy of each pipeline's own model
-        log(f"(a) fine-tuning: {steps} steps of batch {preset.batch_size} (reference, then ptmbench)")
-        ref_ft, m_ref = measured(ft_samples, reference_finetune, ptm, ref_train, train.labels, n_classes, preset, ctx)
-        ours_ft, m_ours = measured(ft_samples, finetune, ptm, train.tokens, n_classes, preset, ctx)
-        record("finetune", m_ref, m_ours)
-        preds["ref_cacc"], m_ref = measured(len(test), reference_predict, ref_ft.model, ref_test, ctx.device)
-        preds["ours_cacc"], m_ours = measured(len(test), predict, ours_ft.model, test.tokens, preset, ctx)
-        record("cacc", m_ref, m_ours)
-        quality["finetune"] = {
-            "reference": {"cacc": _acc(preds["ref_cacc"], test.labels), "loss_first": ref_ft.losses[0],
-                          "loss_last": ref_ft.losses[-1]},
-            "ptmbench": {"cacc": _acc(preds["ours_cacc"], test.labels),
-                         "loss_first": ours_ft.train.losses[0], "loss_last": ours_ft.train.losses[-1]}}
-        del ref_ft, ref_train
+        ours_ft = None
+        if "finetune" in run:  # (a) fine-tuning, then clean accuracy of each pipeline's own model
+            ref_train = reference_encode(ptm.processor, train.texts, width)
+            ref_test = reference_encode(ptm.processor, test.texts, width)
+            log(f"(a) fine-tuning: {steps} steps of batch {preset.batch_size} (reference, then ptmbench)")
+            ref_ft, m_ref = measured(ft_samples, reference_finetune, ptm, ref_train, train.labels, n_classes,
+                                     preset, ctx)
+            ours_ft, m_ours = measured(ft_samples, finetune, ptm, train.tokens, n_classes, preset, ctx)
+            record("finetune", m_ref, m_ours)
+            preds["ref_cacc"], m_ref = measured(len(test), reference_predict, ref_ft.model, ref_test, ctx.device)
+            preds["ours_cacc"], m_ours = measured(len(test), predict, ours_ft.model, test.tokens, preset, ctx)
+            record("cacc", m_ref, m_ours)
+            quality["finetune"] = {
+                "reference": {"cacc": _acc(preds["ref_cacc"], test.labels), "loss_first": ref_ft.losses[0],
+                              "loss_last": ref_ft.losses[-1]},
+                "ptmbench": {"cacc": _acc(preds["ours_cacc"], test.labels),
+                             "loss_first": ours_ft.train.losses[0], "loss_last": ours_ft.train.losses[-1]}}
+            del ref_ft, ref_train, ref_test
 
-        # (b) RECIPE, each on its own copy of the PTM
-        log(f"(b) RECIPE: {opts.recipe_steps} steps of batch {rcfg.batch_size} on {aux} (reference, then ptmbench)")
-        rec_samples = opts.recipe_steps * rcfg.batch_size
-        n_aux_loaded = len(bdata.load_split(aux, aux_split(ptm), max_samples=rcfg.max_aux))  # verify, warm; untimed
-        ptm_ref = copy.deepcopy(ptm)
-        ref_rec, m_ref = measured(rec_samples, reference_recipe_on, aux, ptm_ref, rcfg, opts.recipe_steps, ctx)
-        del ptm_ref
-        ptm_ours = copy.deepcopy(ptm)
-        purified, m_ours = measured(rec_samples, recipe.purify, ptm_ours, ctx, cache)
-        summ = purified.info["defense"]["summary"]
-        quality["recipe"] = {"reference": ref_rec,
-                             "ptmbench": {"steps": summ["steps"], "mlm_first": summ.get("pt_first"),
-                                          "mlm_last": summ.get("pt_last"), "norm_S_after": summ["norm_S_after"]},
-                             "norm_S_before": summ["norm_S_before"]}
-        record("recipe", m_ref, m_ours)
-        del purified, ptm_ours
+        if "recipe" in run:  # (b) RECIPE, each on its own copy of the PTM
+            log(f"(b) RECIPE: {opts.recipe_steps} steps of batch {rcfg.batch_size} on {aux} "
+                "(reference, then ptmbench)")
+            rec_samples = opts.recipe_steps * rcfg.batch_size
+            n_aux_loaded = len(bdata.load_split(aux, aux_split(ptm), max_samples=rcfg.max_aux))  # verify, warm
+            ptm_ref = copy.deepcopy(ptm)
+            ref_rec, m_ref = measured(rec_samples, reference_recipe_on, aux, ptm_ref, rcfg, opts.recipe_steps, ctx)
+            del ptm_ref
+            ptm_ours = copy.deepcopy(ptm)
+            purified, m_ours = measured(rec_samples, recipe.purify, ptm_ours, ctx, cache)
+            summ = purified.info["defense"]["summary"]
+            quality["recipe"] = {"reference": ref_rec,
+                                 "ptmbench": {"steps": summ["steps"], "mlm_first": summ.get("pt_first"),
+                                              "mlm_last": summ.get("pt_last"), "norm_S_after": summ["norm_S_after"]},
+                                 "norm_S_before": summ["norm_S_before"]}
+            record("recipe", m_ref, m_ours)
+            del purified, ptm_ours
 
-        # (c) trigger evaluation of the same (ptmbench-fine-tuned) classifier
-        n_trig = sum(len(s) for s in trigger_sets.values())
-        ev_samples = len(test) + n_trig * (len(val) + len(test))
-        log(f"(c) trigger evaluation: {n_trig} triggers on {len(val)} validation + {len(test)} test samples")
-        ref_ev, m_ref = measured(ev_samples, reference_evaluate, ours_ft.model, val, test, trigger_sets, n_classes,
-                                 ctx, width)
-        ours_ev, m_ours = measured(ev_samples, evaluate, ours_ft.model, val.tokens, test.tokens, trigger_sets,
-                                   n_classes, preset, ctx)
-        record("triggers", m_ref, m_ours)
-        quality["triggers"] = {
-            "reference": {"cacc": ref_ev["cacc"], **{f"aasr_{k}": m.aasr for k, m in ref_ev["by_set"].items()}},
-            "ptmbench": {"cacc": ours_ev.cacc, **{f"aasr_{k}": m.aasr for k, m in ours_ev.by_set.items()}}}
-        preds["ref_triggers_clean"] = ref_ev["clean"]
+        if "triggers" in run:  # (c) trigger evaluation of the same (ptmbench-fine-tuned) classifier
+            if ours_ft is None:  # (a) not asked for: ptmbench's fine-tuning, untimed, gives the classifier
+                log(f"fine-tuning the classifier for (c), untimed: {steps} steps of batch {preset.batch_size}")
+                ours_ft = finetune(ptm, train.tokens, n_classes, preset, ctx)
+            ev_samples = len(test) + n_trig * (len(val) + len(test))
+            log(f"(c) trigger evaluation: {n_trig} triggers on {len(val)} validation + {len(test)} test samples")
+            ref_ev, m_ref = measured(ev_samples, reference_evaluate, ours_ft.model, val, test, trigger_sets,
+                                     n_classes, ctx, width)
+            ours_ev, m_ours = measured(ev_samples, evaluate, ours_ft.model, val.tokens, test.tokens, trigger_sets,
+                                       n_classes, preset, ctx)
+            record("triggers", m_ref, m_ours)
+            quality["triggers"] = {
+                "reference": {"cacc": ref_ev["cacc"], **{f"aasr_{k}": m.aasr for k, m in ref_ev["by_set"].items()}},
+                "ptmbench": {"cacc": ours_ev.cacc, **{f"aasr_{k}": m.aasr for k, m in ours_ev.by_set.items()}}}
+            preds["ref_triggers_clean"] = ref_ev["clean"]
 
     report = {
         "command": opts.command(),
@@ -524,6 +549,7 @@ def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str |
         "family": ptm.family,
         "mlm_head": "fresh (the PTM has none)" if head_added else "the PTM's own",
         "dataset": opts.dataset,
+        "phases_run": list(opts.phases),
         "sizes": {"train": len(train), "validation": len(val), "test": len(test), "epochs": opts.epochs,
                   "finetune_steps": steps, "batch_size": preset.batch_size, "lr": preset.lr,
                   "recipe_steps": opts.recipe_steps, "recipe_batch_size": rcfg.batch_size, "recipe_lr": rcfg.lr,
@@ -565,18 +591,28 @@ def cpu_model() -> str:
 
 # ---------------------------------------------------------------------------------------------- the report
 def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown; only the phases that ran (``--phases``) appear, in lines, rows and checks."""
     s = report["sizes"]
     q = report["quality"]
+    ran = report.get("phases_run", list(RUN_PHASES))
     lines = [
         "# ptmbench perf compare: reference-style pipelines vs ptmbench's",
         "",
         f"* command: `{report['command']}`",
-        f"* model: `{report['model']}` ({report['family']}; MLM head for RECIPE: {report['mlm_head']})",
+        f"* phases: {', '.join(f'{PHASE_TITLES[p]}' for p in ran)}",
+        f"* model: `{report['model']}` ({report['family']}"
+        + (f"; MLM head for RECIPE: {report['mlm_head']})" if "recipe" in ran else ")"),
         f"* dataset: `{report['dataset']}`: {s['train']} train, {s['validation']} validation, {s['test']} test; "
         f"{s['epochs']} epoch(s) = {s['finetune_steps']} steps of batch {s['batch_size']} at lr {s['lr']}",
-        f"* RECIPE: {s['recipe_steps']} steps of batch {s['recipe_batch_size']} at lr {s['recipe_lr']} on "
-        f"{s['aux_samples']} `{s['aux']}` sequences; triggers `{s['triggers']}` ({s['n_triggers']})",
-        f"* padding: reference to {s['reference_pad_to']} (RECIPE {s['recipe_pad_to']}); ptmbench dynamic "
+    ]
+    if "recipe" in ran:
+        lines.append(f"* RECIPE: {s['recipe_steps']} steps of batch {s['recipe_batch_size']} at lr {s['recipe_lr']} "
+                     f"on {s['aux_samples']} `{s['aux']}` sequences")
+    if "triggers" in ran:
+        lines.append(f"* triggers: `{s['triggers']}` ({s['n_triggers']})")
+    recipe_pad = f" (RECIPE {s['recipe_pad_to']})" if "recipe" in ran else ""
+    lines += [
+        f"* padding: reference to {s['reference_pad_to']}{recipe_pad}; ptmbench dynamic "
         f"(max {s['ptmbench_max_len']})",
         f"* precision: reference {report['precision']['reference']}, ptmbench {report['precision']['ptmbench']}; "
         f"device {report['device']}; seed {report['seed']}",
@@ -597,26 +633,33 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {PHASE_TITLES[name]} | {r['samples']} | {r['wall_s']:.2f} | {o['wall_s']:.2f} | "
                      f"{_fmt(p['ratio_wall'], 2)} | {r['samples_per_s']:.1f} | {o['samples_per_s']:.1f} | "
                      f"{_fmt(r['rss_peak_mib'], 0)} | {_fmt(o['rss_peak_mib'], 0)} | {_fmt(p['ratio_rss_peak'], 2)} |")
-    ft, rc, tr = q["finetune"], q["recipe"], q["triggers"]
-    lines += [
-        "",
-        "| check | reference | ptmbench |",
-        "|---|---:|---:|",
-        f"| (a) CACC of each pipeline's fine-tuned model | {100 * ft['reference']['cacc']:.2f}% | "
-        f"{100 * ft['ptmbench']['cacc']:.2f}% |",
-        f"| (a) training loss first → last | {ft['reference']['loss_first']:.4f} → "
-        f"{ft['reference']['loss_last']:.4f} | {ft['ptmbench']['loss_first']:.4f} → {ft['ptmbench']['loss_last']:.4f} |",
-        f"| (b) MLM loss first → last | {_fmt(rc['reference']['mlm_first'], 4)} → {_fmt(rc['reference']['mlm_last'], 4)} "
-        f"| {_fmt(rc['ptmbench']['mlm_first'], 4)} → {_fmt(rc['ptmbench']['mlm_last'], 4)} |",
-        f"| (b) Σ‖W‖_F over the regularised set ({rc['norm_S_before']:.3f} before) | "
-        f"{rc['reference']['norm_S_after']:.3f} | {rc['ptmbench']['norm_S_after']:.3f} |",
-        f"| (c) CACC of the ptmbench-fine-tuned model | {100 * tr['reference']['cacc']:.2f}% | "
-        f"{100 * tr['ptmbench']['cacc']:.2f}% |",
-    ]
-    for k in tr["reference"]:
-        if k.startswith("aasr_"):
-            lines.append(f"| (c) AASR, trigger set `{k[5:]}` | {_pct(tr['reference'][k])} | "
-                         f"{_pct(tr['ptmbench'].get(k))} |")
+    lines += ["", "| check | reference | ptmbench |", "|---|---:|---:|"]
+    if "finetune" in q:
+        ft = q["finetune"]
+        lines += [
+            f"| (a) CACC of each pipeline's fine-tuned model | {100 * ft['reference']['cacc']:.2f}% | "
+            f"{100 * ft['ptmbench']['cacc']:.2f}% |",
+            f"| (a) training loss first → last | {ft['reference']['loss_first']:.4f} → "
+            f"{ft['reference']['loss_last']:.4f} | {ft['ptmbench']['loss_first']:.4f} → "
+            f"{ft['ptmbench']['loss_last']:.4f} |",
+        ]
+    if "recipe" in q:
+        rc = q["recipe"]
+        lines += [
+            f"| (b) MLM loss first → last | {_fmt(rc['reference']['mlm_first'], 4)} → "
+            f"{_fmt(rc['reference']['mlm_last'], 4)} | {_fmt(rc['ptmbench']['mlm_first'], 4)} → "
+            f"{_fmt(rc['ptmbench']['mlm_last'], 4)} |",
+            f"| (b) Σ‖W‖_F over the regularised set ({rc['norm_S_before']:.3f} before) | "
+            f"{rc['reference']['norm_S_after']:.3f} | {rc['ptmbench']['norm_S_after']:.3f} |",
+        ]
+    if "triggers" in q:
+        tr = q["triggers"]
+        lines.append(f"| (c) CACC of the ptmbench-fine-tuned model | {100 * tr['reference']['cacc']:.2f}% | "
+                     f"{100 * tr['ptmbench']['cacc']:.2f}% |")
+        for k in tr["reference"]:
+            if k.startswith("aasr_"):
+                lines.append(f"| (c) AASR, trigger set `{k[5:]}` | {_pct(tr['reference'][k])} | "
+                             f"{_pct(tr['ptmbench'].get(k))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -651,7 +694,8 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-__all__ = ["Comparison", "Measure", "PeakRss", "PerfOptions", "insert_word", "measured", "pad_width",
+__all__ = ["RUN_PHASES", "Comparison", "Measure", "PeakRss", "PerfOptions", "insert_word", "measured", "pad_width",
+           "parse_phases",
            "reference_encode", "reference_evaluate", "reference_finetune", "reference_logits",
            "reference_mlm_loss", "reference_predict", "reference_recipe", "reference_recipe_on",
            "render_markdown", "rss_bytes", "run_compare", "static_masks", "write_report"]
