@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--out", type=Path, default=Path("results/perf"), help="writes OUT/compare.md and OUT/compare.json")
     _common(pc, reference_paths=False)  # the comparison runs both pipelines itself
 
+    pm = pfsub.add_parser("memory", help="peak resident memory of every stage (attacks, defenses, a fine-tune + "
+                          "evaluate cell) of a preset on one model, optimiser steps capped")
+    pm.add_argument("--model", default="minilm-l6-mlm", help="zoo name or PTM directory")
+    pm.add_argument("--preset", default="paper", help="preset of every stage (default: paper)")
+    pm.add_argument("--steps", type=int, default=20, help="optimiser-step cap of every stage that has steps")
+    pm.add_argument("--dataset", default=None, help="downstream dataset of the cell (default: sst2 / cifar10)")
+    pm.add_argument("--out", type=Path, default=Path("results/perf"),
+                    help="writes OUT/memory-MODEL-PRESET.md and .json")
+    _common(pm)
+
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
     t.add_argument("--out", type=Path, default=None, help="where to write tables (default: the store)")
@@ -428,6 +438,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
+    if args.action == "memory":
+        return _perf_memory(args)
     from bench import data
     from bench.artifacts import ArtifactStore
     from bench.context import RunContext
@@ -457,6 +469,30 @@ def cmd_perf(args: argparse.Namespace) -> int:
                                                                                flush=True))
     comp.report["command"] = opts.command(args.out)
     md, js = write_report(comp.report, args.out)
+    print(md.read_text())
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+def _perf_memory(args: argparse.Namespace) -> int:
+    from bench.artifacts import ArtifactStore
+    from bench.perf.stage_memory import measure_stages, write_report
+    from bench.records import ResultsStore
+    from bench.zoo import Zoo
+
+    if args.steps < 1:
+        raise PtmbenchError(f"--steps must be at least 1, got {args.steps}")
+    ResultsStore(args.out).check_writable()
+    ctx = _ctx(args, 0)
+    cache = _cache(args)
+    ptm, _ = Zoo(ArtifactStore(cache / "artifacts"), cache).load(args.model, ctx)
+    dataset = args.dataset or ("sst2" if ptm.modality == "text" else "cifar10")
+    label = Path(args.model).name if Path(args.model).is_dir() else args.model
+    report = measure_stages(ptm, label, args.preset, args.steps, dataset, ctx, cache,
+                            log=lambda s: print(f"[memory] {s}", file=sys.stderr, flush=True))
+    cmd = (f"ptmbench perf memory --model {args.model} --preset {args.preset} --steps {args.steps} "
+           f"--dataset {dataset} --out {args.out}")
+    md, js = write_report(report, args.out, cmd)
     print(md.read_text())
     print(f"wrote {md} and {js}")
     return 0

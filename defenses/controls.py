@@ -86,4 +86,4 @@ class PoolerReinit(Defense):
             w = pooler.dense.weight
             w.copy_(torch.randn(w.shape, generator=gen) * cfg.std)
             pooler.dense.bias.zero_()
-        return finish(self, ptm, ctx, {"std": cfg.std, "pooler_norm": float(w.norm())})
+        return finish(self, ptm, ctx, {"std": cfg.std, "pooler_norm": float(w.detach().norm())})

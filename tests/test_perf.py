@@ -216,3 +216,32 @@ def test_peak_rss_sees_a_transient_allocation():
         time.sleep(0.05)
     assert mem.start is not None and mem.peak is not None
     assert mem.peak - mem.start > 150 * 2**20  # only the sampling thread saw it: it is gone at exit
+
+
+def test_cli_perf_memory_covers_every_stage(env, bert_dir, tmp_path, capsys):
+    from bench.registry import get, names
+
+    out = tmp_path / "mem"
+    rc = main(["perf", "memory", "--model", str(bert_dir), "--preset", "smoke", "--steps", "2", "--dataset", "sst2",
+               "--precision", "fp32", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / f"memory-{bert_dir.name}-smoke.json").read_text())
+    stages = {(r["kind"], r["method"].split(" ")[0]) for r in report["rows"]}
+    for kind in ("attack", "defense"):
+        for name in names(kind):
+            if "text" in get(kind, name).modalities:
+                assert (kind, name) in stages
+    assert ("cell", "finetune") in stages and not any(m == "neuba-vision" for _, m in stages)
+    assert all(r["peak_mib"] >= r["start_mib"] > 0 for r in report["rows"])
+    assert report["max_peak_mib"] == max(r["peak_mib"] for r in report["rows"])
+    assert "Largest peak" in capsys.readouterr().out
+
+
+def test_cli_perf_memory_bad_input(env, bert_dir, tmp_path, capsys):
+    out = tmp_path / "mem"
+    assert main(["perf", "memory", "--model", str(bert_dir), "--dataset", "cifar10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cifar10" in err and len(err.splitlines()) == 1
+    assert main(["perf", "memory", "--model", str(bert_dir), "--steps", "0", "--out", str(out)]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert not out.exists()
