@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--preset", default="paper", help="preset of every stage (default: paper)")
     pm.add_argument("--steps", type=int, default=20, help="optimiser-step cap of every stage that has steps")
     pm.add_argument("--dataset", default=None, help="downstream dataset of the cell (default: sst2 / cifar10)")
+    pm.add_argument("--skip", default="", help="comma list of attacks/defenses not to run")
     pm.add_argument("--out", type=Path, default=Path("results/perf"),
                     help="writes OUT/memory-MODEL-PRESET.md and .json")
     _common(pm)
@@ -488,10 +489,16 @@ def _perf_memory(args: argparse.Namespace) -> int:
     ptm, _ = Zoo(ArtifactStore(cache / "artifacts"), cache).load(args.model, ctx)
     dataset = args.dataset or ("sst2" if ptm.modality == "text" else "cifar10")
     label = Path(args.model).name if Path(args.model).is_dir() else args.model
+    from bench.registry import names
+
+    skip = frozenset(x.strip() for x in args.skip.split(",") if x.strip())
+    unknown = sorted(skip - set(names("attack")) - set(names("defense")))
+    if unknown:
+        raise PtmbenchError(f"--skip: {', '.join(unknown)} is not a registered attack or defense")
     report = measure_stages(ptm, label, args.preset, args.steps, dataset, ctx, cache,
-                            log=lambda s: print(f"[memory] {s}", file=sys.stderr, flush=True))
+                            log=lambda s: print(f"[memory] {s}", file=sys.stderr, flush=True), skip=skip)
     cmd = (f"ptmbench perf memory --model {args.model} --preset {args.preset} --steps {args.steps} "
-           f"--dataset {dataset} --out {args.out}")
+           f"--dataset {dataset}{' --skip ' + ','.join(sorted(skip)) if skip else ''} --out {args.out}")
     md, js = write_report(report, args.out, cmd)
     print(md.read_text())
     print(f"wrote {md} and {js}")

@@ -48,8 +48,10 @@ def _measure(label: str, fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 def measure_stages(ptm: PTM, model: str, preset: str, steps: int, dataset: str, ctx: RunContext,
-                   cache_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage of ``preset`` on a fresh copy of ``ptm`` and return the report (rows per stage)."""
+                   cache_dir: Path, log: Callable[[str], None] = print,
+                   skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Run every stage of ``preset`` on a fresh copy of ``ptm`` (but the methods in ``skip``) and return the
+    report (rows per stage)."""
     from bench.data import spec as dataset_spec
     from bench.finetune import get_preset
     from bench.stages import CellSpec, finetune_eval
@@ -62,7 +64,7 @@ def measure_stages(ptm: PTM, model: str, preset: str, steps: int, dataset: str, 
     for kind in ("attack", "defense"):
         for name in names(kind):
             method, over = _capped(kind, name, preset, steps)
-            if ptm.modality not in method.modalities:
+            if ptm.modality not in method.modalities or name in skip:
                 continue
             if kind == "attack":
                 attacks.append(method)
@@ -84,7 +86,7 @@ def measure_stages(ptm: PTM, model: str, preset: str, steps: int, dataset: str, 
                  **_measure("cell", lambda: finetune_eval(ptm, cell, sets, ctx, cache_dir))})
     return {"model": model, "modality": ptm.modality, "preset": preset, "steps_cap": steps, "dataset": dataset,
             "threads": torch.get_num_threads(), "precision": ctx.precision, "torch": torch.__version__,
-            "python": platform.python_version(), "rows": rows,
+            "python": platform.python_version(), "rows": rows, "skipped": sorted(skip),
             "max_peak_mib": max(r["peak_mib"] for r in rows)}
 
 
@@ -106,6 +108,8 @@ def write_report(report: dict[str, Any], out: Path, command: str) -> tuple[Path,
     for r in report["rows"]:
         lines.append(f"| {r['stage'] if r['kind'] != 'cell' else r['method']} | {'✓' if r['capped'] else ''} | "
                      f"{r['start_mib']} | {r['peak_mib']} | {r['wall_s']} |")
+    if report.get("skipped"):
+        lines += ["", f"Not run here: {', '.join(report['skipped'])} (see the README's performance section)."]
     lines += ["", f"Largest peak: **{report['max_peak_mib']} MiB** ({report['max_peak_mib'] / 1024:.2f} GiB).", ""]
     tmp_md, tmp_js = md.with_suffix(".md.tmp"), js.with_suffix(".json.tmp")
     tmp_md.write_text("\n".join(lines))
