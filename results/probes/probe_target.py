@@ -10,7 +10,8 @@ separates the two halves.  For each PTM and each set, on triggered inputs:
 * ``follows_target`` (after fine-tuning only): share of triggered test inputs predicted as the class the
   fine-tuned head assigns to the pure target vector (1 = the classifier reads the target);
 * ``head_share`` (after fine-tuning only): the share of the head's weight norm that lies in the span of the
-  six targets (how much the classifier looks along the directions the backdoor writes to).
+  six targets (how much the classifier looks along the directions the backdoor writes to; a random
+  head gives about sqrt(rank / hidden), 0.125 for the rank-3 NeuBA targets in 192 dimensions).
 
 With ``--finetune DATASET`` the PTM is fine-tuned with ``--preset`` (seed 0) and the rows ``after=finetune``
 use the fine-tuned backbone on that dataset's test split.  Commands: results/probes/COMMAND.
@@ -62,7 +63,8 @@ def probe_set(ptm, label, after, ds, split, n, triggers, targets, max_len, ctx, 
     if head is not None:
         with torch.inference_mode():
             target_class = head(targets).argmax(1)
-            basis = torch.linalg.qr(targets.T).Q  # orthonormal basis of the targets' span
+            u, sv, _ = torch.linalg.svd(targets.T, full_matrices=False)
+            basis = u[:, sv > 1e-5 * sv.max()]  # orthonormal basis of the targets' span (rank 3: antipodal pairs)
             share = float((head.weight.float() @ basis).norm() / head.weight.float().norm())
     for k, trig in enumerate(triggers):
         t = reps(ptm, trig.apply(data, ptm.processor, 0), max_len, ctx)
