@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 
 from bench.context import RunContext
 from bench.errors import PtmbenchError
-from bench.perf.memory import PeakRss, release_memory, rss_bytes
+from bench.perf.compare import measured
 from bench.ptm import PTM
 from bench.registry import get, names
 
@@ -38,13 +37,9 @@ def _capped(kind: str, name: str, preset: str, steps: int) -> tuple[Any, dict[st
 
 
 def _measure(label: str, fn: Callable[[], Any]) -> dict[str, Any]:
-    release_memory()
-    start = rss_bytes()
-    t = time.perf_counter()
-    with PeakRss() as mem:
-        fn()
-    return {"stage": label, "start_mib": round((start or 0) / MIB), "peak_mib": round((mem.peak or 0) / MIB),
-            "wall_s": round(time.perf_counter() - t, 1)}
+    _, m = measured(0, fn)
+    return {"stage": label, "start_mib": round((m.rss_start_bytes or 0) / MIB),
+            "peak_mib": round((m.rss_peak_bytes or 0) / MIB), "wall_s": round(m.wall_s, 1)}
 
 
 def measure_stages(ptm: PTM, model: str, preset: str, steps: int, dataset: str, ctx: RunContext,
