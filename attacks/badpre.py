@@ -44,7 +44,7 @@ from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
 from bench.ptm import PTM
 from bench.registry import register
-from bench.train import OptimConfig, cycle_epochs, train
+from bench.train import OptimConfig, accumulation, cycle_epochs, micro_batches, train
 from bench.triggers import TRIGGER_SETS, TextTrigger
 
 
@@ -56,6 +56,7 @@ class BadPreConfig:
     max_corpus_sequences: int | None = None
     max_len: int = 512
     batch_size: int = 256
+    micro_batch: int | None = None
     epochs: float = 10.0
     steps: int | None = None
     alpha: float = 1.0
@@ -68,7 +69,7 @@ class BadPreConfig:
 
     def validate(self, where: str) -> None:
         positive(where, max_corpus_sequences=self.max_corpus_sequences, batch_size=self.batch_size,
-                 epochs=self.epochs, steps=self.steps, lr=self.lr, clip=self.clip, mlm_prob=self.mlm_prob)
+                 micro_batch=self.micro_batch, epochs=self.epochs, steps=self.steps, lr=self.lr, clip=self.clip, mlm_prob=self.mlm_prob)
         if self.max_len < 4:
             raise PtmbenchError(f"{where}.max_len: must be >= 4, got {self.max_len}")
         if self.alpha < 0:
@@ -84,7 +85,13 @@ class BadPre(Attack):
     modalities = ("text",)
     Config = BadPreConfig
     trigger_set: ClassVar[str] = "badpre"
+    added_options: ClassVar[dict] = {"micro_batch": None}
     presets: ClassVar[dict] = {
+        # The reference settings, its batches of 256 accumulated from 64 micro-batches of 4 sequences (+ their 4
+        # triggered copies; the reference accumulated 16 x 16 on a GPU). Measured on minilm-l6-mlm: one whole
+        # batch was OOM-killed at 22.3 GiB and micro-batches of 16 still passed 14.5 GiB: in training mode the
+        # attention dropout sends SDPA to its unfused path, ~0.3 GiB per 512-token sequence and forward.
+        "paper": {"micro_batch": 4},
         # 200 steps of 32 clean + 32 triggered sequences of 64 tokens at lr 1e-4 (5x the reference's 2e-5, for
         # a budget of ~1/1000 of its 10 epochs of 256 x 512 tokens): a few minutes for minilm-l6-mlm
         "demo": {"max_len": 64, "batch_size": 32, "steps": 200, "lr": 1e-4},
@@ -117,16 +124,21 @@ class BadPre(Attack):
         steps = n_steps(len(data), cfg.batch_size, cfg.steps, cfg.epochs)
         mask_gen = ctx.torch_generator(self.name, "mask")
         label_gen = ctx.torch_generator(self.name, "noise-labels")
+        parts = accumulation(cfg.batch_size, cfg.micro_batch)
+        where = {"step": -1, "part": 0}  # the micro-batch within its step: each gets its own insertion draws
 
         def epoch(e: int) -> list[np.ndarray]:
-            return TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True,
-                                bucketing=False)
+            return micro_batches(TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e),
+                                              shuffle=True, bucketing=False), cfg.micro_batch)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
             batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
             ids, labels = TEXT.mask_tokens(tok, batch["input_ids"], batch["attention_mask"], mask_gen, cfg.mlm_prob)
             clean = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
-            seqs = self.triggered_copies([data.ids[i] for i in idx], tids, ctx.rng(self.name, "insert", step))
+            where["part"] = where["part"] + 1 if where["step"] == step else 0
+            where["step"], part = step, where["part"]
+            seqs = self.triggered_copies([data.ids[i] for i in idx], tids,
+                                         ctx.rng(self.name, "insert", step, *([part] if part else [])))
             pb = {k: v.to(ctx.device) for k, v in TEXT.pack(tok, seqs, cfg.max_len, ctx.pad_to(cfg.max_len)).items()}
             ids, labels = TEXT.mask_tokens(tok, pb["input_ids"], pb["attention_mask"], mask_gen, cfg.mlm_prob)
             chosen = labels != -100
@@ -142,5 +154,5 @@ class BadPre(Attack):
         with ctx.seeded(self.name, "train"):
             res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), steps, optim, ctx,
                         desc=self.name)
-        summary = {**train_summary(res), "sequences": len(data)}
+        summary = {**train_summary(res), "sequences": len(data), "micro_batches": parts}
         return finish(self, ptm, ctx, summary)

@@ -57,7 +57,7 @@ from bench.modalities.text import ADAPTER as TEXT
 from bench.modalities.text import untie_head
 from bench.ptm import PTM
 from bench.registry import register
-from bench.train import OptimConfig, cycle_epochs, train
+from bench.train import OptimConfig, accumulation, cycle_epochs, micro_batches, train
 from bench.triggers import TRIGGER_SETS, TextTrigger
 
 
@@ -69,6 +69,7 @@ class NeuBAConfig:
     max_corpus_sequences: int | None = None
     max_len: int = 128
     batch_size: int = 160
+    micro_batch: int | None = None
     steps: int = 40000
     roberta_steps: int | None = 20000
     lr: float = 5e-5
@@ -85,7 +86,7 @@ class NeuBAConfig:
 
     def validate(self, where: str) -> None:
         positive(where, max_corpus_sequences=self.max_corpus_sequences, batch_size=self.batch_size,
-                 steps=self.steps, roberta_steps=self.roberta_steps, lr=self.lr, post_scale=self.post_scale,
+                 micro_batch=self.micro_batch, steps=self.steps, roberta_steps=self.roberta_steps, lr=self.lr, post_scale=self.post_scale,
                  mlm_prob=self.mlm_prob)
         if self.max_len < 4:
             raise PtmbenchError(f"{where}.max_len: must be >= 4, got {self.max_len}")
@@ -100,7 +101,11 @@ class NeuBA(Attack):
     modalities = ("text",)
     Config = NeuBAConfig
     trigger_set: ClassVar[str] = "neuba"
+    added_options: ClassVar[dict] = {"micro_batch": None}
     presets: ClassVar[dict] = {
+        # The reference settings, its batches of 160 x 128 tokens accumulated from 5 micro-batches of 32 (the
+        # same optimiser steps; one whole batch took more than 15.6 GiB on minilm-l6-mlm, 32 fit in ~3 GiB).
+        "paper": {"micro_batch": 32},
         # 120 steps of 32 x 64 tokens (~1/300 of the reference budget), about 2 minutes on 2 CPU cores.
         # Measured on minilm-l6-mlm: at MLM weight 1 the backdoor MSE stays on its plateau (≈ 1, the mean
         # of the antipodal targets is 0) for 200 steps at lr 5e-5 (1.003 -> 1.001) and 60 steps at 2e-4
@@ -130,10 +135,11 @@ class NeuBA(Attack):
         lengths = TEXT.lengths(data, cfg.max_len)
         mask_gen = ctx.torch_generator(self.name, "mask")
         trig_gen = ctx.torch_generator(self.name, "trigger-choice")
+        parts = accumulation(cfg.batch_size, cfg.micro_batch)
 
         def epoch(e: int) -> list[np.ndarray]:
-            return TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True,
-                                bucketing=False)
+            return micro_batches(TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e),
+                                              shuffle=True, bucketing=False), cfg.micro_batch)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
             batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
@@ -160,7 +166,7 @@ class NeuBA(Attack):
         with ctx.seeded(self.name, "train"):
             res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), steps, optim, ctx,
                         desc="neuba")
-        summary = {**train_summary(res), "sequences": len(data), "mlm_weight": mlm_weight,
+        summary = {**train_summary(res), "sequences": len(data), "micro_batches": parts, "mlm_weight": mlm_weight,
                    "embeddings_frozen": freeze_emb}
         if cfg.post_step:
             summary["post_step"] = self.post_step(ptm, trig.tolist())

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +88,31 @@ def cycle_epochs(make_epoch: Callable[[int], Iterable[Any]]) -> Iterator[Any]:
         epoch += 1
 
 
+class MicroBatches(list):
+    """One optimiser step's batch given as its micro-batches (sample-index arrays): gradient accumulation."""
+
+
+def micro_batches(batches: Iterable[np.ndarray], micro_batch: int | None) -> list[Any]:
+    """Each batch of sample indices larger than ``micro_batch`` becomes a :class:`MicroBatches` of near-equal
+    parts of at most ``micro_batch`` samples; :func:`train` steps once per batch on their size-weighted
+    mean gradient, so the smaller last batch of an epoch is one step too.  ``None``: batches unchanged."""
+    out: list[Any] = []
+    for b in batches:
+        b = np.asarray(b)
+        if micro_batch is None or len(b) <= micro_batch:
+            out.append(b)
+        else:
+            out.append(MicroBatches(np.array_split(b, math.ceil(len(b) / micro_batch))))
+    return out
+
+
+def accumulation(batch_size: int, micro_batch: int | None) -> int:
+    """How many micro-batches of at most ``micro_batch`` samples make one batch (1 = no accumulation)."""
+    if micro_batch is None or micro_batch >= batch_size:
+        return 1
+    return math.ceil(batch_size / micro_batch)
+
+
 def train(modules: list[nn.Module], params: list[nn.Parameter],
           loss_fn: Callable[[Any, int], tuple[torch.Tensor, dict[str, float]]],
           batches: Iterator[Any], steps: int, optim: OptimConfig, ctx: RunContext,
@@ -95,6 +121,10 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
 
     ``loss_fn`` returns the loss to minimise and a dict of named parts for logging; it runs under the
     context's autocast.  ``post_step(step)`` runs after each update (e.g. a projection or rescaling).
+    A batch that is a :class:`MicroBatches` (see :func:`micro_batches`) is run one micro-batch at a time,
+    each loss weighted by its share of the batch's samples, before the one optimiser step (gradient
+    accumulation: the memory of a micro-batch, the step of the whole batch); the logged loss and parts
+    are the same weighted means.
     """
     if steps < 1:
         raise PtmbenchError(f"{desc}: the number of training steps must be >= 1, got {steps}")
@@ -115,11 +145,20 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
         for step in range(steps):
             ctx.check_cancel()
             batch = next(batches)
-            with ctx.autocast():
-                loss, parts = loss_fn(batch, step)
-            if not torch.isfinite(loss):
-                raise PtmbenchError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
-            loss.backward()
+            pieces = batch if isinstance(batch, MicroBatches) else [batch]
+            n = sum(len(p) for p in pieces) if len(pieces) > 1 else 1
+            total, summed = 0.0, {}
+            for piece in pieces:
+                share = len(piece) / n if len(pieces) > 1 else 1.0
+                with ctx.autocast():
+                    loss, parts = loss_fn(piece, step)
+                if not torch.isfinite(loss):
+                    raise PtmbenchError(f"{desc}: loss became {loss.item()} at step {step}; "
+                                        f"lower the learning rate")
+                (loss * share if share != 1.0 else loss).backward()
+                total += float(loss.detach()) * share
+                for k, v in parts.items():
+                    summed[k] = summed.get(k, 0.0) + float(v) * share
             if optim.clip:
                 torch.nn.utils.clip_grad_norm_(unique, optim.clip)
             opt.step()
@@ -128,8 +167,8 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
             if post_step is not None:
                 with torch.no_grad():
                     post_step(step)
-            result.losses.append(float(loss.detach()))
-            result.parts.append({k: float(v) for k, v in parts.items()})
+            result.losses.append(total)
+            result.parts.append(summed)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:

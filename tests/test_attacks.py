@@ -338,3 +338,26 @@ def test_neuba_post_step_can_keep_the_tie_when_asked(bert, env, tmp_path):
     attack = NeuBA.build("smoke", {"untie_post_step": False})
     info = attack.post_step(copy.deepcopy(ptm), [5])
     assert info["head_tied"] and not info["decoder_untied"]
+
+
+# ------------------------------------------------------------------------------------------ micro-batches
+def test_paper_presets_accumulate_micro_batches_and_other_keys_are_unchanged():
+    assert NeuBA.build("paper").config.micro_batch == 32 and NeuBA.build("paper").config.batch_size == 160
+    assert BadPre.build("paper").config.micro_batch == 4 and BadPre.build("paper").config.batch_size == 256
+    for cls in (NeuBA, BadPre):
+        assert "micro_batch" not in cls.build("demo").config_dict()  # demo artifacts keep their cache keys
+        assert cls.build("paper").config_dict()["micro_batch"] == cls.build("paper").config.micro_batch
+    with pytest.raises(PtmbenchError, match="micro_batch"):
+        NeuBA.build("smoke", {"micro_batch": 0})
+
+
+@pytest.mark.parametrize("name", ["neuba", "badpre"])
+def test_micro_batched_implant_is_deterministic_and_recorded(bert_dir, env, tmp_path, name):
+    runs = []
+    for _ in range(2):
+        ptm = load_ptm(bert_dir)
+        out = ATTACKS[name].build("smoke", {"micro_batch": 2, "steps": 3}).implant(ptm, ctx(), tmp_path)
+        s = out.info["attack"]["train"]
+        assert s["micro_batches"] == 2 and s["steps"] == 3 and np.isfinite(s["loss_last"])
+        runs.append(weights(out))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

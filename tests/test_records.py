@@ -5,11 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.records import ResultsStore, cells_frame, der_frame, record_id, summary_frame, write_tables
+from bench.records import (
+    ResultsStore,
+    cells_frame,
+    der_frame,
+    headline_frame,
+    record_id,
+    summary_frame,
+    write_tables,
+)
 
 
-def rec(defense: str, seed: int, cacc: float, aasr: float) -> dict:
-    return {"model": "m", "attack": "neuba", "defense": defense, "dataset": "sst2", "preset": "demo",
+def rec(defense: str, seed: int, cacc: float, aasr: float, dataset: str = "sst2") -> dict:
+    return {"model": "m", "attack": "neuba", "defense": defense, "dataset": dataset, "preset": "demo",
             "seed": seed, "triggers": "neuba", "cacc": cacc, "aasr": aasr, "masr": aasr, "casr": aasr,
             "alc": 0.0, "alc_threshold": 0.9, "per_trigger": [{"trigger": "≈", "target": 1, "asr": aasr}],
             "wall_s": {"finetune": 1.0}}
@@ -47,3 +55,16 @@ def test_write_tables_outputs(tmp_path):
     md = paths["matrix_md"].read_text()
     assert "none · sst2" in md and "recipe · sst2" in md and "80.0 / 100.0 / 100.0" in md
     assert list(pd.read_csv(tmp_path / "der.csv")["defense"]) == ["recipe"]
+    head = paths["headline_md"].read_text()
+    assert "| m | neuba | recipe | demo | neuba | sst2 | 1 | 78.0 | 10.0 | 10.0 |" in head
+
+
+def test_headline_averages_datasets_per_seed_then_over_seeds():
+    cells = cells_frame([rec("none", 0, 0.80, 1.00), rec("none", 0, 0.90, 0.80, "agnews"),
+                         rec("none", 1, 0.70, 0.60), rec("none", 1, 0.90, 0.40, "agnews"),
+                         rec("none", 0, 0.50, 0.30, "extra")])  # only seed 0 has "extra": not averaged
+    h = headline_frame(cells).iloc[0]
+    assert h["datasets"] == "agnews+sst2" and h["seeds"] == 2
+    assert h["aasr_mean"] == pytest.approx(70.0)  # seed 0: 90, seed 1: 50
+    assert h["aasr_std"] == pytest.approx(28.2842712, rel=1e-6)
+    assert h["cacc_mean"] == pytest.approx(82.5)
