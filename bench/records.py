@@ -127,13 +127,18 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pm_columns(stats: pd.DataFrame, columns: list[str], metrics: tuple[tuple[str, str], ...]) -> pd.DataFrame:
+    """``columns`` of ``stats`` plus one 'mean ± std' column per (metric, title), from its _mean/_std/seeds."""
+    df = stats[columns].copy()
+    for m, title in metrics:
+        df[title] = [fmt_pm(a, b, n) for a, b, n in zip(stats[f"{m}_mean"], stats[f"{m}_std"], stats["seeds"])]
+    return df
+
+
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The human table: one row per group, metrics as 'mean ± std' percentages."""
-    df = summary[["model", "attack", "defense", "dataset", "preset", "triggers", "seeds"]].copy()
-    for m, title in (("cacc", "CACC"), ("aasr", "AASR"), ("masr", "MASR"), ("casr", "C-ASR"), ("alc", "ALC")):
-        df[title] = [fmt_pm(a, b, n) for a, b, n in zip(summary[f"{m}_mean"], summary[f"{m}_std"],
-                                                             summary["seeds"])]
-    return df
+    return _pm_columns(summary, ["model", "attack", "defense", "dataset", "preset", "triggers", "seeds"],
+                       (("cacc", "CACC"), ("aasr", "AASR"), ("masr", "MASR"), ("casr", "C-ASR"), ("alc", "ALC")))
 
 
 def matrix_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -190,7 +195,7 @@ def headline_frame(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for k, g in cells.groupby(keys, sort=True, dropna=False):
         per_seed = [set(gs["dataset"]) for _, gs in g.groupby("seed")]
-        datasets = sorted(set.intersection(*per_seed)) if per_seed else []
+        datasets = sorted(set.intersection(*per_seed))
         if not datasets:
             continue
         sub = g[g["dataset"].isin(datasets)]
@@ -207,10 +212,8 @@ def headline_frame(cells: pd.DataFrame) -> pd.DataFrame:
 def headline_display(head: pd.DataFrame) -> pd.DataFrame:
     if head.empty:
         return head
-    df = head[["model", "attack", "defense", "preset", "triggers", "datasets", "seeds"]].copy()
-    for m, title in (("cacc", "avg CACC"), ("aasr", "avg AASR"), ("masr", "avg MASR")):
-        df[title] = [fmt_pm(a, b, n) for a, b, n in zip(head[f"{m}_mean"], head[f"{m}_std"], head["seeds"])]
-    return df
+    return _pm_columns(head, ["model", "attack", "defense", "preset", "triggers", "datasets", "seeds"],
+                       (("cacc", "avg CACC"), ("aasr", "avg AASR"), ("masr", "avg MASR")))
 
 
 def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:

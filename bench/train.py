@@ -146,10 +146,9 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
             ctx.check_cancel()
             batch = next(batches)
             pieces = batch if isinstance(batch, MicroBatches) else [batch]
-            n = sum(len(p) for p in pieces) if len(pieces) > 1 else 1
+            shares = [len(p) / sum(map(len, pieces)) for p in pieces] if len(pieces) > 1 else [1.0]
             total, summed = 0.0, {}
-            for piece in pieces:
-                share = len(piece) / n if len(pieces) > 1 else 1.0
+            for piece, share in zip(pieces, shares, strict=True):
                 with ctx.autocast():
                     loss, parts = loss_fn(piece, step)
                 if not torch.isfinite(loss):
