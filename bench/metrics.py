@@ -23,11 +23,14 @@ __all__ = [
     "asr_matrix",
     "cacc",
     "casr",
+    "collapsed",
     "der",
+    "majority_share",
     "masr",
     "mean_std",
     "score_cell",
     "target_label",
+    "top_share",
 ]
 
 
@@ -84,6 +87,33 @@ def cacc(preds: np.ndarray, labels: np.ndarray) -> float:
     y = _as_label_array(labels, "labels")
     _check_same_length(p, "preds", y, "labels")
     return float(np.mean(p == y))
+
+
+def top_share(labels: np.ndarray) -> float:
+    """Share of the most frequent value: of the true labels, the accuracy of the best constant classifier
+    (the majority-label share); of the clean predictions, how close the classifier is to one class."""
+    y = _as_label_array(labels, "labels")
+    if y.min() < 0:
+        raise ValueError(f"labels must be non-negative class ids, got min {int(y.min())}")
+    return float(np.bincount(y).max() / y.size)
+
+
+majority_share = top_share
+
+#: How close (in accuracy) to the majority-label share a fine-tuned classifier may come and still count as
+#: collapsed. Half a point is 3 of the 600 test samples of the scaled presets.
+COLLAPSE_MARGIN = 0.005
+
+
+def collapsed(cacc: float, majority: float, margin: float = COLLAPSE_MARGIN) -> bool:
+    """A fine-tune that learnt nothing: its clean accuracy is no better (within ``margin``) than always
+    predicting the majority label. Such a classifier maps nearly every input, triggered or not, to one
+    class, so its ASR towards that class measures the collapse, not a backdoor."""
+    a = _check_fraction(cacc, "cacc")
+    m = _check_fraction(majority, "majority")
+    if math.isnan(a) or math.isnan(m):
+        raise ValueError(f"cacc and majority must be fractions in [0, 1], got {cacc!r} and {majority!r}")
+    return a <= m + margin
 
 
 def asr(triggered_preds: np.ndarray, labels: np.ndarray, target: int) -> float:
@@ -227,6 +257,8 @@ class CellMetrics:
     per_trigger: tuple[TriggerResult, ...]
     n_test: int
     n_val: int
+    majority_share: float = math.nan  # of the test labels: the constant classifier's accuracy
+    clean_top_share: float = math.nan  # of the clean test predictions: 1.0 when one class is predicted
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form: nan becomes None, per_trigger becomes a list of dicts."""
@@ -240,6 +272,8 @@ class CellMetrics:
             "per_trigger": [r.to_dict() for r in self.per_trigger],
             "n_test": self.n_test,
             "n_val": self.n_val,
+            "majority_share": _json_float(self.majority_share),
+            "clean_top_share": _json_float(self.clean_top_share),
         }
 
 
@@ -294,4 +328,6 @@ def score_cell(
         per_trigger=tuple(per_trigger),
         n_test=int(y_test.shape[0]),
         n_val=int(y_val.shape[0]),
+        majority_share=top_share(y_test),
+        clean_top_share=top_share(clean),
     )

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from bench.errors import PtmbenchError
 
 IDENTITY = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
 CELL_COLUMNS = ["model", "attack", "defense", "dataset", "seed", "preset", "triggers", "cacc", "aasr", "masr",
-                "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision"]
+                "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision", "majority_share",
+                "clean_top_share", "collapsed"]
 METRICS = ("cacc", "aasr", "masr", "casr", "alc")
 
 
@@ -84,10 +85,45 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def test_majority_share(dataset: str, n_test: int) -> float:
+    """The majority-label share of the test subset a cell with ``n_test`` test samples scored on (the same
+    seeded subset the modality adapters load), from the data mirror."""
+    from bench.data import load_split
+    from bench.metrics import majority_share
+
+    return majority_share(load_split(dataset, "test", max_samples=int(n_test))["label"])
+
+
+def with_majority_share(records: list[dict[str, Any]],
+                        share: Callable[[str, int], float] = test_majority_share) -> list[dict[str, Any]]:
+    """Records written before cells recorded ``majority_share`` get it from ``share(dataset, n_test)``; a
+    dataset the mirror cannot provide leaves it missing (its cells are then never flagged collapsed)."""
+    known: dict[tuple[str, int], float | None] = {}
+    out = []
+    for r in records:
+        if r.get("majority_share") is None and r.get("n_test"):
+            k = (r["dataset"], int(r["n_test"]))
+            if k not in known:
+                try:
+                    known[k] = share(*k)
+                except PtmbenchError:
+                    known[k] = None
+            r = {**r, "majority_share": known[k]}
+        out.append(r)
+    return out
+
+
 def cells_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record. ``collapsed``: the classifier is no better than predicting the majority label
+    (:func:`bench.metrics.collapsed`); missing where the majority share is unknown."""
+    from bench.metrics import collapsed
+
     rows = []
     for r in records:
-        rows.append({c: r.get(c) for c in CELL_COLUMNS})
+        row = {c: r.get(c) for c in CELL_COLUMNS}
+        known = row["cacc"] is not None and row["majority_share"] is not None
+        row["collapsed"] = collapsed(row["cacc"], row["majority_share"]) if known else None
+        rows.append(row)
     df = pd.DataFrame(rows, columns=CELL_COLUMNS)
     return df.sort_values(["model", "attack", "defense", "dataset", "triggers", "seed"]).reset_index(drop=True)
 
@@ -106,6 +142,7 @@ def summary_frame(cells: pd.DataFrame) -> pd.DataFrame:
     for k, g in cells.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, k))
         row["seeds"] = len(g)
+        row["collapsed"] = int((g["collapsed"] == True).sum())  # noqa: E712 (None/NaN count as not)
         for m in METRICS:
             v = pd.to_numeric(g[m], errors="coerce").dropna() * 100
             row[f"{m}_mean"] = v.mean() if len(v) else math.nan
@@ -137,7 +174,8 @@ def _pm_columns(stats: pd.DataFrame, columns: list[str], metrics: tuple[tuple[st
 
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The human table: one row per group, metrics as 'mean ± std' percentages."""
-    return _pm_columns(summary, ["model", "attack", "defense", "dataset", "preset", "triggers", "seeds"],
+    return _pm_columns(summary, ["model", "attack", "defense", "dataset", "preset", "triggers", "seeds",
+                                 "collapsed"],
                        (("cacc", "CACC"), ("aasr", "AASR"), ("masr", "MASR"), ("casr", "C-ASR"), ("alc", "ALC")))
 
 
@@ -150,12 +188,23 @@ def matrix_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
     def cell(r: Any) -> str:
         parts = [fmt_pm(r[f"{m}_mean"], r[f"{m}_std"], r["seeds"]) for m in ("cacc", "aasr", "masr")]
-        return " / ".join(parts)
+        return " / ".join(parts) + _dagger(r)
 
     s["cell"] = s.apply(cell, axis=1)
     t = s.pivot_table(index=["model", "attack", "triggers"], columns="col", values="cell", aggfunc="first")
     cols = sorted(t.columns, key=lambda c: (c.split(" · ")[0] != "none", c))
     return t[cols].reset_index().fillna("")
+
+
+def _dagger(r: Any) -> str:
+    """' †' on a cell whose every seed collapsed, ' †k/n' when k of n seeds did, '' otherwise."""
+    k, n = int(r.get("collapsed", 0) or 0), int(r["seeds"])
+    return "" if k == 0 else " †" if k == n else f" †{k}/{n}"
+
+
+COLLAPSE_NOTE = ("† the fine-tuned classifier collapsed (CACC within 0.5 points of the test split's "
+                 "majority-label share, so it predicts about one class for every input; its ASR towards that "
+                 "class is no backdoor measurement): collapse.md lists these cells.")
 
 
 def timing_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -187,11 +236,14 @@ def der_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def headline_frame(cells: pd.DataFrame) -> pd.DataFrame:
+def headline_frame(cells: pd.DataFrame, drop_collapsed: bool = False) -> pd.DataFrame:
     """The paper's headline form: per model, attack, defense and trigger set, each metric averaged over the
     datasets every seed of the group has (per seed), then mean ± std over the seeds, in percent.
-    ``datasets`` names what was averaged (a dataset only some seeds have is left out of the average)."""
+    ``datasets`` names what was averaged (a dataset only some seeds have is left out of the average).
+    ``drop_collapsed`` first removes collapsed cells, so a dataset any seed collapsed on leaves the average."""
     keys = ["model", "attack", "defense", "preset", "triggers"]
+    if drop_collapsed:
+        cells = cells[cells["collapsed"] != True]  # noqa: E712
     rows = []
     for k, g in cells.groupby(keys, sort=True, dropna=False):
         per_seed = [set(gs["dataset"]) for _, gs in g.groupby("seed")]
@@ -216,10 +268,28 @@ def headline_display(head: pd.DataFrame) -> pd.DataFrame:
                        (("cacc", "avg CACC"), ("aasr", "avg AASR"), ("masr", "avg MASR")))
 
 
+def collapse_markdown(cells: pd.DataFrame) -> str:
+    """The collapsed cells of a store, one row per cell (trigger sets share the fine-tuned classifier)."""
+    flagged = cells[cells["collapsed"] == True]  # noqa: E712
+    flagged = flagged.drop_duplicates(["model", "attack", "defense", "dataset", "preset", "seed"])
+    unknown = int(cells["collapsed"].isna().sum())
+    head = ("# Collapsed cells\n\nA fine-tuned classifier whose clean accuracy is within 0.5 points of its test "
+            "split's majority-label share (`bench.metrics.collapsed`) predicts about one class for every input; "
+            "its ASR towards that class counts the collapse, not a backdoor. `clean_top_share` is the share of "
+            "clean test inputs given its most frequent prediction (recorded by cells run since it was added).\n\n"
+            f"{len(flagged)} of {len(cells.drop_duplicates(['model', 'attack', 'defense', 'dataset', 'preset', 'seed']))}"
+            " cells collapsed" + (f"; {unknown} records with no known majority share" if unknown else "") + ".\n\n")
+    if flagged.empty:
+        return head
+    cols = ["model", "attack", "defense", "dataset", "seed", "cacc", "majority_share", "clean_top_share", "aasr"]
+    return head + markdown_table(flagged[cols].round(3))
+
+
 def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """cells.csv, per_trigger.csv and the mean ± std summary as Markdown, LaTeX, CSV and HTML."""
+    """cells.csv, per_trigger.csv and the mean ± std summary as Markdown, LaTeX, CSV and HTML, the headline
+    averages and the collapsed cells (records without a majority share get it from the data mirror)."""
     out.mkdir(parents=True, exist_ok=True)
-    cells = cells_frame(records)
+    cells = cells_frame(with_majority_share(records))
     summary = summary_frame(cells)
     disp = display_frame(summary)
     paths = {
@@ -230,16 +300,23 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     }
     atomic_write_text(out / "der.csv", der_frame(summary).to_csv(index=False, float_format="%.4g"))
     head = headline_frame(cells)
+    kept = headline_frame(cells, drop_collapsed=True)
     paths.update(headline_md=out / "headline.md", headline_tex=out / "headline.tex",
-                 headline_csv=out / "headline.csv")
+                 headline_csv=out / "headline.csv", collapse_md=out / "collapse.md")
     hnote = ("Averaged over the datasets named (per seed), then mean ± std over seeds, in %: the form of the "
              "RECIPE paper's headline (average ASR over three datasets).\n\n")
-    atomic_write_text(paths["headline_md"], hnote + markdown_table(headline_display(head)))
-    atomic_write_text(paths["headline_tex"], headline_display(head).to_latex(index=False, escape=True))
-    atomic_write_text(paths["headline_csv"], head.to_csv(index=False, float_format="%.4g"))
+    knote = ("\n## Collapsed cells left out\n\nThe same with every collapsed cell removed first (collapse.md): a "
+             "dataset on which any seed of the group collapsed leaves that group's average.\n\n")
+    atomic_write_text(paths["headline_md"], hnote + markdown_table(headline_display(head))
+                      + knote + markdown_table(headline_display(kept)))
+    atomic_write_text(paths["headline_tex"], headline_display(head).to_latex(index=False, escape=True)
+                      + "% collapsed cells left out\n" + headline_display(kept).to_latex(index=False, escape=True))
+    both = pd.concat([head.assign(cells="all"), kept.assign(cells="collapsed out")], ignore_index=True)
+    atomic_write_text(paths["headline_csv"], both.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(paths["collapse_md"], collapse_markdown(cells))
     mat = matrix_frame(summary)
     note = ("Cells: CACC / AASR / MASR in %, mean ± std over seeds. Rows with attack `none` are the "
-            "clean-model control for the named trigger set.\n\n")
+            f"clean-model control for the named trigger set. {COLLAPSE_NOTE}\n\n")
     atomic_write_text(paths["matrix_md"], note + markdown_table(mat))
     atomic_write_text(paths["matrix_tex"], mat.to_latex(index=False, escape=True))
     atomic_write_text(paths["matrix_csv"], mat.to_csv(index=False))

@@ -40,6 +40,17 @@ def test_finetune_writes_record_and_table(env, bert_dir, tmp_path):
     cells = pd.read_csv(res / "cells.csv")
     assert list(cells.columns[:7]) == ["model", "attack", "defense", "dataset", "seed", "preset", "triggers"]
     assert len(cells) == 2 and (res / "summary.md").exists() and (res / "per_trigger.csv").exists()
+    # every cell records its test split's majority-label share; a record written before it was recorded gets
+    # the same number from the mirror when the tables are made (same seeded test subset)
+    shares = {json.loads(p.read_text())["majority_share"] for p in recs}
+    assert len(shares) == 1 and 0.5 <= shares.pop() <= 1.0
+    old = json.loads(recs[0].read_text())
+    del old["majority_share"], old["clean_top_share"]
+    recs[0].write_text(json.dumps(old))
+    assert ptmbench(env, "table", str(res)).returncode == 0
+    cells = pd.read_csv(res / "cells.csv")
+    assert cells["majority_share"].nunique() == 1 and cells["clean_top_share"].isna().sum() == 1
+    assert set(cells["collapsed"]) <= {True, False} and (res / "collapse.md").exists()
 
 
 def test_finetune_is_deterministic(env, roberta_dir, tmp_path):

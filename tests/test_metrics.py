@@ -18,11 +18,14 @@ from bench.metrics import (
     asr_matrix,
     cacc,
     casr,
+    collapsed,
     der,
+    majority_share,
     masr,
     mean_std,
     score_cell,
     target_label,
+    top_share,
 )
 
 
@@ -218,6 +221,30 @@ def test_score_cell_chooses_target_on_validation_not_test():
     assert cell.alc == pytest.approx(0.0)
     assert cell.alc_threshold == pytest.approx(0.9)
     assert (cell.n_test, cell.n_val) == (6, 6)
+    assert cell.majority_share == pytest.approx(2 / 6)  # test labels 0,0,1,1,2,2 (see _cell_inputs)
+    assert cell.clean_top_share == pytest.approx(3 / 6)  # clean predictions 0,0,1,2,2,2
+
+
+def test_top_share_and_majority_share():
+    assert top_share(arr(1, 1, 1, 0)) == pytest.approx(0.75)
+    assert majority_share(arr(2, 0, 2, 1, 2)) == pytest.approx(0.6)
+    assert top_share(arr(4)) == 1.0
+    with pytest.raises(ValueError, match="labels is empty"):
+        top_share(arr())
+
+
+def test_collapsed_is_no_better_than_the_constant_classifier():
+    # 600 test samples, 444 of the majority class (0.74): always predicting it scores 0.74
+    assert collapsed(444 / 600, 0.74)
+    assert collapsed(441 / 600, 0.74)  # predicting one minority class somewhere costs accuracy: still collapsed
+    assert collapsed(446 / 600, 0.74)  # 0.7433: within the half-point margin
+    assert not collapsed(448 / 600, 0.74)  # 0.7467 beats the constant classifier by more than the margin
+    assert not collapsed(0.86, 0.51)
+    assert collapsed(0.52, 0.51, margin=0.02) and not collapsed(0.52, 0.51, margin=0.0)
+    with pytest.raises(ValueError, match="not a percentage"):
+        collapsed(74.0, 0.74)
+    with pytest.raises(ValueError, match="cacc and majority must be fractions"):
+        collapsed(math.nan, 0.74)
 
 
 def test_score_cell_alc_threshold_parameter():

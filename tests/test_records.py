@@ -12,15 +12,17 @@ from bench.records import (
     headline_frame,
     record_id,
     summary_frame,
+    with_majority_share,
     write_tables,
 )
+from bench.errors import PtmbenchError
 
 
-def rec(defense: str, seed: int, cacc: float, aasr: float, dataset: str = "sst2") -> dict:
+def rec(defense: str, seed: int, cacc: float, aasr: float, dataset: str = "sst2", majority: float = 0.5) -> dict:
     return {"model": "m", "attack": "neuba", "defense": defense, "dataset": dataset, "preset": "demo",
             "seed": seed, "triggers": "neuba", "cacc": cacc, "aasr": aasr, "masr": aasr, "casr": aasr,
             "alc": 0.0, "alc_threshold": 0.9, "per_trigger": [{"trigger": "≈", "target": 1, "asr": aasr}],
-            "wall_s": {"finetune": 1.0}}
+            "wall_s": {"finetune": 1.0}, "majority_share": majority}
 
 
 def test_record_ids_are_identity_not_time_and_rewrites_do_not_duplicate(tmp_path):
@@ -68,3 +70,44 @@ def test_headline_averages_datasets_per_seed_then_over_seeds():
     assert h["aasr_mean"] == pytest.approx(70.0)  # seed 0: 90, seed 1: 50
     assert h["aasr_std"] == pytest.approx(28.2842712, rel=1e-6)
     assert h["cacc_mean"] == pytest.approx(82.5)
+
+
+def test_collapsed_cells_are_flagged_daggered_and_left_out_of_the_second_headline(tmp_path):
+    # offenseval: majority share 0.74; seed 0 collapsed (CACC 0.74), seed 1 learnt (0.80)
+    records = [rec("none", 0, 0.80, 0.90), rec("none", 1, 0.84, 0.70),
+               rec("none", 0, 0.74, 1.00, "offenseval", 0.74), rec("none", 1, 0.80, 0.50, "offenseval", 0.74)]
+    cells = cells_frame(records)
+    assert list(cells["collapsed"]) == [True, False, False, False]  # sorted: offenseval s0, s1, sst2 s0, s1
+    s = summary_frame(cells).set_index("dataset")
+    assert (s.loc["offenseval", "collapsed"], s.loc["sst2", "collapsed"]) == (1, 0)
+    every = headline_frame(cells).iloc[0]
+    kept = headline_frame(cells, drop_collapsed=True).iloc[0]
+    assert every["datasets"] == "offenseval+sst2" and every["aasr_mean"] == pytest.approx(77.5)
+    # a dataset any seed collapsed on leaves the average: sst2 only, (90 + 70) / 2
+    assert kept["datasets"] == "sst2" and kept["aasr_mean"] == pytest.approx(80.0)
+    paths = write_tables(records, tmp_path)
+    assert "77.0 ± 4.2 / 75.0 ± 35.4 / 75.0 ± 35.4 †1/2" in paths["matrix_md"].read_text()
+    collapse = paths["collapse_md"].read_text()
+    assert "1 of 4 cells collapsed" in collapse and "| m | neuba | none | offenseval | 0 | 0.74 | 0.74 |" in collapse
+    assert "## Collapsed cells left out" in paths["headline_md"].read_text()
+    assert set(pd.read_csv(paths["headline_csv"])["cells"]) == {"all", "collapsed out"}
+
+
+def test_majority_share_backfill_only_where_missing_and_known():
+    calls = []
+
+    def share(dataset, n_test):
+        calls.append((dataset, n_test))
+        if dataset == "gone":
+            raise PtmbenchError("dataset 'gone' is not in the mirror")
+        return 0.6
+
+    old = [{**rec("none", s, 0.6, 0.5, d), "n_test": 600} for s in (0, 1) for d in ("sst2", "gone")]
+    for r in old:
+        del r["majority_share"]
+    new = with_majority_share([*old, {**rec("none", 0, 0.9, 0.1, "agnews", 0.25), "n_test": 600}], share)
+    assert [r.get("majority_share") for r in new] == [0.6, None, 0.6, None, 0.25]
+    assert calls == [("sst2", 600), ("gone", 600)]  # once per (dataset, n_test); recorded values kept
+    assert all("majority_share" not in r for r in old)  # the records passed in are not modified
+    c = cells_frame(new)
+    assert c["collapsed"].isna().sum() == 2 and c["collapsed"].sum() == 2  # 0.6 <= 0.6 + 0.005
