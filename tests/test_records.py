@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench.errors import PtmbenchError
 from bench.records import (
     ResultsStore,
     cells_frame,
@@ -15,7 +16,6 @@ from bench.records import (
     with_majority_share,
     write_tables,
 )
-from bench.errors import PtmbenchError
 
 
 def rec(defense: str, seed: int, cacc: float, aasr: float, dataset: str = "sst2", majority: float = 0.5) -> dict:
