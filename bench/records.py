@@ -85,7 +85,7 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def test_majority_share(dataset: str, n_test: int) -> float:
+def mirror_majority_share(dataset: str, n_test: int) -> float:
     """The majority-label share of the test subset a cell with ``n_test`` test samples scored on (the same
     seeded subset the modality adapters load), from the data mirror."""
     from bench.data import load_split
@@ -95,7 +95,7 @@ def test_majority_share(dataset: str, n_test: int) -> float:
 
 
 def with_majority_share(records: list[dict[str, Any]],
-                        share: Callable[[str, int], float] = test_majority_share) -> list[dict[str, Any]]:
+                        share: Callable[[str, int], float] = mirror_majority_share) -> list[dict[str, Any]]:
     """Records written before cells recorded ``majority_share`` get it from ``share(dataset, n_test)``; a
     dataset the mirror cannot provide leaves it missing (its cells are then never flagged collapsed)."""
     known: dict[tuple[str, int], float | None] = {}
