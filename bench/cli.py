@@ -345,9 +345,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = results.load()
     paths = write_tables(records, results.root)
     from bench.plots import plot_all
-    from bench.records import cells_frame
+    from bench.records import cells_frame, with_majority_share
 
-    plot_all(cells_frame(records), results.root / "plots")
+    plot_all(cells_frame(with_majority_share(records)), results.root / "plots")
     print(paths["matrix_md"].read_text())
     print(f"{summary['ran']} stages ran, {summary['cached']} cached, {summary['wall_s']:.0f}s; "
           f"tables in {results.root}/")
@@ -428,9 +428,10 @@ def cmd_locus(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from bench.plots import plot_all
-    from bench.records import ResultsStore, cells_frame
+    from bench.records import ResultsStore, cells_frame, with_majority_share
 
-    paths = plot_all(cells_frame(ResultsStore(args.results).load()), args.out or args.results / "plots")
+    paths = plot_all(cells_frame(with_majority_share(ResultsStore(args.results).load())),
+                     args.out or args.results / "plots")
     if not paths:
         raise PtmbenchError(f"no triggered cells in {args.results}; nothing to plot")
     for p in paths:

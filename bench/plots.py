@@ -10,7 +10,10 @@ from bench.records import summary_frame
 
 
 def save_figure(fig, out: Path, name: str) -> list[Path]:
-    """PNG + SVG (SVG without a date, so re-runs give identical files)."""
+    """PNG + SVG (SVG without a date and with fixed clip-path ids, so re-runs give identical files)."""
+    import matplotlib
+
+    matplotlib.rcParams["svg.hashsalt"] = "ptmbench"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
@@ -39,13 +42,19 @@ def plot_all(cells: pd.DataFrame, out: Path) -> list[Path]:
     for ax, d in zip(axes[0], defenses):
         part = s[s["defense"] == d]
         for (attack, dataset), g in part.groupby(["attack", "dataset"]):
-            ax.errorbar(g["cacc_mean"], g["aasr_mean"], xerr=g["cacc_std"].fillna(0), yerr=g["aasr_std"].fillna(0),
-                        fmt=markers[attack], label=f"{attack} · {dataset}", capsize=2)
+            bar = ax.errorbar(g["cacc_mean"], g["aasr_mean"], xerr=g["cacc_std"].fillna(0),
+                              yerr=g["aasr_std"].fillna(0), fmt=markers[attack], label=f"{attack} · {dataset}",
+                              capsize=2)
+            if "collapsed" in g and (g["collapsed"] > 0).any():  # a collapsed classifier: hollow marker
+                bar[0].set_markerfacecolor("none")
         ax.set_title(f"defense: {d}")
         ax.set_xlabel("CACC (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("AASR (%)")
+    if "collapsed" in s and (s["collapsed"] > 0).any():
+        fig.text(0.5, -0.02, "hollow: the classifier collapsed to the majority class in at least one seed "
+                 "(collapse.md)", ha="center", fontsize=8)
     axes[0][-1].legend(fontsize=7, loc="best")
     paths += save_figure(fig, out, "asr_vs_cacc")
     plt.close(fig)
