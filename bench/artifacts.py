@@ -32,12 +32,30 @@ def content_key(stage: str, method: str, config: Mapping[str, Any], parent: str 
 
 
 REFERENCE_MARK = "-refpaths"
+DEFAULT_PRECISION = "bf16"  # the regime whose keys and record ids carry no marker
+
+
+def regime(precision: str, reference_paths: bool = False) -> str | None:
+    """The numerical regime a stage runs under, as it enters cache keys and record ids: None for the default
+    (bf16 autocast on the fast paths), ``"refpaths"`` for the reference paths (fp32 implied), else the
+    precision (``"fp32"``).  Artifacts and records of different regimes never share a key or an id."""
+    if reference_paths:
+        return "refpaths"
+    return None if precision == DEFAULT_PRECISION else precision
+
+
+def marked(key: str, regime_name: str | None) -> str:
+    """``key`` as computed under ``regime_name``: unchanged for the default regime, else with ``-<regime>``
+    appended (a content key never ends so, and marking twice is a no-op)."""
+    if not regime_name:
+        return key
+    mark = f"-{regime_name}"
+    return key if key.endswith(mark) else key + mark
 
 
 def reference_key(key: str) -> str:
-    """The key of a stage computed on the reference (slow) paths (``--reference-paths``): the fast-path key
-    with a marker, so the two kinds of artifact never share a key (a content key never ends so)."""
-    return key if key.endswith(REFERENCE_MARK) else key + REFERENCE_MARK
+    """The key of a stage computed on the reference (slow) paths (``--reference-paths``)."""
+    return marked(key, "refpaths")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -245,6 +245,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for split in ("train", "validation", "test"):
         data.load_split(args.dataset, split, max_samples=1)  # mirror present and intact
     ctx = _ctx(args, seed=args.seed)
+    store.check_regime(ctx.regime)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     ptm, key = zoo.load(args.model, ctx)
@@ -256,8 +257,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     probe = {"model": model_name, "attack": "none", "defense": "none", "dataset": args.dataset,
              "preset": preset.name, "seed": args.seed, "finetune_config": preset.to_dict(),
              "attack_config": {}, "defense_config": {}}
-    if ctx.reference_paths:  # reference-path records have ids of their own
-        probe["reference_paths"] = True
+    if ctx.regime:  # records of another numerical regime (fp32, reference paths) have ids of their own
+        probe["regime"] = ctx.regime
     if not args.force and trigger_sets and all(store.has({**probe, "triggers": s}) for s in trigger_sets):
         print(f"cached: records for {model_name} on {args.dataset} seed {args.seed} exist (use --force to redo)")
         return 0
@@ -311,7 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.context import RunContext
     from bench.matrix import is_done, load_matrix, parse_only, plan, select
     from bench.records import ResultsStore, write_tables
-    from bench.runner import LocalExecutor, RayExecutor, execute, with_reference_paths
+    from bench.runner import LocalExecutor, RayExecutor, execute
     from bench.stages import StageEnv
 
     only = parse_only(args.only or [])
@@ -319,14 +320,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = args.device or spec.device
     # --reference-paths: fp32 whatever the matrix says; an explicit --precision bf16 is refused
     asked = args.precision or ("auto" if args.reference_paths else spec.precision)
-    precision = RunContext(device=device, precision=asked, reference_paths=args.reference_paths).precision
+    run_ctx = RunContext(device=device, precision=asked, reference_paths=args.reference_paths)
+    precision = run_ctx.precision
     cache = _cache(args)
     store = ArtifactStore(cache / "artifacts")
     results = ResultsStore(args.results or Path("results") / spec.name)
     results.check_writable()
-    nodes = select(plan(spec, store), only)
-    if args.reference_paths:
-        nodes = with_reference_paths(nodes)
+    results.check_regime(run_ctx.regime)
+    nodes = select(plan(spec, store, run_ctx.regime), only)
     done = lambda n: is_done(n, store, results)  # noqa: E731
     if args.dry_run:
         for n in nodes:
@@ -374,6 +375,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise PtmbenchError("--triggers names no trigger")
     entries = [p.split("=", 1) if "=" in p else [Path(p).name, p] for p in args.ptm]
     ctx = _ctx(args, seed=args.seed)
+    store.check_regime(ctx.regime)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     frames = []
@@ -401,6 +403,7 @@ def cmd_locus(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise PtmbenchError(f"--samples must be >= 1, got {args.samples}")
     ctx = _ctx(args, seed=args.seed)
+    store.check_regime(ctx.regime)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     clean, _ = zoo.load(args.clean, ctx)

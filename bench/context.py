@@ -64,6 +64,14 @@ class RunContext:
         if self.threads:
             torch.set_num_threads(self.threads)
 
+    @property
+    def regime(self) -> str | None:
+        """The numerical regime (:func:`bench.artifacts.regime`): None for bf16 on the fast paths, else the
+        marker that keeps this run's artifacts and records apart from the default ones."""
+        from bench.artifacts import regime
+
+        return regime(self.precision, self.reference_paths)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when the run asks for it; a no-op in fp32."""
         if self.precision != "bf16":

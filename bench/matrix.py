@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.artifacts import ArtifactStore, canonical_json, content_key
+from bench.artifacts import ArtifactStore, canonical_json, content_key, marked
 from bench.config import from_dict
 from bench.errors import PtmbenchError
 from bench.records import ResultsStore, cell_identity, record_id
@@ -191,8 +191,12 @@ def _dir_modality(p: Path) -> str:
     return json.loads(f.read_text()).get("modality", "text") if f.is_file() else "text"
 
 
-def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
-    """Expand the matrix into nodes in dependency order, deduplicated by key."""
+def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> list[Node]:
+    """Expand the matrix into nodes in dependency order, deduplicated by key.
+
+    ``regime`` is the numerical regime of the run (:func:`bench.artifacts.regime`: None for bf16 on the fast
+    paths, ``"fp32"``, ``"refpaths"``): off the default every key is marked with it and every cell's identity
+    carries it, so artifacts and records of different regimes never share a key or a record id."""
     from bench.data import spec as dataset_spec
     from bench.finetune import get_preset
     from bench.triggers import DEFAULT_CONTROL_SETS
@@ -219,8 +223,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
         named = list(spec.control_triggers) or ([] if attack_objs else DEFAULT_CONTROL_SETS[modality])
         control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
         preset = get_preset(modality, spec.preset, **spec.finetune)
-        zkey = zoo.key(model) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},
-                                                        None, None, "1")
+        zkey = marked(zoo.key(model) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},
+                                                               None, None, "1"), regime)
         zoo_node = None
         if mspec is not None and mspec.cached:
             zoo_node = Node(zkey, "zoo", f"zoo {model}", [], {"stage": "zoo", "model": model, "key": zkey})
@@ -233,7 +237,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
             else:
                 obj = attack_objs[a.display]
                 acfg = obj.config_dict()
-                akey = content_key("attack", a.name, acfg, zkey, spec.attack_seed, obj.version)
+                akey = marked(content_key("attack", a.name, acfg, zkey, spec.attack_seed, obj.version), regime)
                 nodes.setdefault(akey, Node(akey, "attack", f"attack {a.display} on {model}",
                                             [zkey] if zoo_node else [],
                                             {"stage": "attack", "method": a.name, "preset": a.preset or spec.preset,
@@ -248,7 +252,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                 else:
                     dobj = _method("defense", d, spec.preset)
                     dcfg = dobj.config_dict()
-                    dkey = content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version)
+                    dkey = marked(content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version), regime)
                     nodes.setdefault(dkey, Node(dkey, "defense", f"defense {d.display} <- {a.display} on {model}",
                                                 adeps,
                                                 {"stage": "defense", "method": d.name,
@@ -259,8 +263,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore) -> list[Node]:
                     for seed in spec.seeds:
                         ident = {"model": model, "attack": a.name, "defense": d.name, "dataset": ds, "seed": seed,
                                  "preset": preset.name, "attack_config": acfg, "defense_config": dcfg,
-                                 "finetune_config": preset.to_dict()}
-                        ckey = content_key("cell", f"{a.name}.{d.name}.{ds}", ident, dkey, seed, "1")
+                                 "finetune_config": preset.to_dict(), **({"regime": regime} if regime else {})}
+                        ckey = marked(content_key("cell", f"{a.name}.{d.name}.{ds}", ident, dkey, seed, "1"), regime)
                         # labels name the records; the key and ident above hold registry names only
                         labels = {"attack": a.display, "defense": d.display}
                         nodes.setdefault(ckey, Node(ckey, "cell",

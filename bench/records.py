@@ -25,11 +25,12 @@ METRICS = ("cacc", "aasr", "masr", "casr", "alc")
 
 def record_id(rec: dict[str, Any]) -> str:
     """Readable, deterministic name of a cell: its identity plus a hash of the method configs (and of the
-    ``reference_paths`` flag, only when set: fast-path ids are unchanged, reference-path ones differ)."""
+    numerical ``regime``, only off the default: bf16 fast-path ids are unchanged, fp32 and reference-path
+    ones differ)."""
     base = "__".join(str(rec[k]) for k in IDENTITY)
     hashed = {k: rec.get(k) for k in ("attack_config", "defense_config", "finetune_config")}
-    if rec.get("reference_paths"):
-        hashed["reference_paths"] = True
+    if rec.get("regime"):
+        hashed["regime"] = rec["regime"]
     cfg = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}__{cfg}")
 
@@ -58,6 +59,20 @@ class ResultsStore:
             raise PtmbenchError(f"results directory {self.root} is not writable (nearest existing: {p}); "
                                 "choose another with --results")
 
+    def check_regime(self, regime: str | None) -> None:
+        """Fail before any work if the store already holds records of another numerical regime (bf16 fast
+        paths, fp32, reference paths): its tables would average them as if they were seeds of one cell."""
+        if not self.records_dir.is_dir():
+            return
+        for p in sorted(self.records_dir.glob("*.json")):
+            try:
+                theirs = json.loads(p.read_text()).get("regime")
+            except (OSError, ValueError):
+                continue
+            if theirs != regime:
+                raise PtmbenchError(f"results directory {self.root} holds {_regime_name(theirs)} records ({p.name}) "
+                                    f"and this run is {_regime_name(regime)}; give it its own --results directory")
+
     def path(self, rec: dict[str, Any]) -> Path:
         return self.records_dir / f"{record_id(rec)}.json"
 
@@ -77,6 +92,10 @@ class ResultsStore:
         if not self.records_dir.is_dir():
             raise PtmbenchError(f"no records under {self.records_dir}; run a matrix or `ptmbench finetune` first")
         return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+
+
+def _regime_name(regime: str | None) -> str:
+    return {None: "bf16 fast-path", "refpaths": "reference-path (--reference-paths)"}.get(regime, str(regime))
 
 
 def _jsonable(o: Any) -> Any:

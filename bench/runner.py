@@ -19,29 +19,6 @@ from bench.matrix import Node
 from bench.stages import StageEnv, run_node
 
 
-def with_reference_paths(nodes: list[Node]) -> list[Node]:
-    """The same DAG for a ``--reference-paths`` run: every stage key (and every key a payload names) gets the
-    reference marker, so its artifacts never mix with fast-path ones, and each cell's identity carries
-    ``reference_paths`` so its record ids differ too.  Fast-path plans are left exactly as they are."""
-    import copy
-
-    from bench.artifacts import reference_key
-
-    out = []
-    for n in nodes:
-        p = copy.deepcopy(n.payload)
-        p["key"] = reference_key(p["key"])
-        src = p.get("source")
-        if isinstance(src, dict) and src.get("kind") == "artifact":
-            src["key"] = reference_key(src["key"])
-        if "keys" in p:
-            p["keys"] = {k: reference_key(v) for k, v in p["keys"].items()}
-        if "ident" in p:
-            p["ident"] = {**p["ident"], "reference_paths": True}
-        out.append(Node(reference_key(n.key), n.stage, n.label, [reference_key(d) for d in n.deps], p))
-    return out
-
-
 def _ready(nodes: list[Node], done: set[str], running: set[str]) -> list[Node]:
     return [n for n in nodes if n.key not in done and n.key not in running and all(d in done for d in n.deps)]
 

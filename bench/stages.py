@@ -78,8 +78,8 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
             "lineage": ptm.lineage,
         }
-        if ctx.reference_paths:  # only when on, so the record ids of fast-path results stay as they were
-            rec["reference_paths"] = True
+        if ctx.regime:  # only off the default regime, so the record ids of default results stay as they were
+            rec["regime"] = ctx.regime
         records.append(rec)
     return records
 
@@ -176,7 +176,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
         _, computed = store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
                                                     "config": method.config_dict(), "seed": seed,
                                                     "version": method.version, "source": payload["source"],
-                                                    **({"reference_paths": True} if ctx.reference_paths else {})})
+                                                    **({"regime": ctx.regime} if ctx.regime else {})})
     elif stage == "cell":
         computed = _run_cell(payload, env, ctx, store)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.artifacts import ArtifactStore, content_key, reference_key
+from bench.artifacts import ArtifactStore, content_key, marked
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
@@ -71,7 +71,7 @@ class Zoo:
                                                                                       None, "1")
             get("model", name)  # raises with the list of known names
         spec: ModelSpec = get("model", name)
-        key = reference_key(self.key(name)) if ctx.reference_paths else self.key(name)
+        key = marked(self.key(name), ctx.regime)
         if not spec.cached:
             ptm = spec.build(self, ctx)
             return ptm.with_lineage({"stage": "zoo", "model": name, "key": key}), key
@@ -82,7 +82,7 @@ class Zoo:
 
         path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
                                                      "version": spec.version,
-                                                     **({"reference_paths": True} if ctx.reference_paths else {})})
+                                                     **({"regime": ctx.regime} if ctx.regime else {})})
         return load_ptm(path), key
 
     def _load_dir(self, p: Path) -> tuple[PTM, str]:

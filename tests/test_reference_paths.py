@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import tiny_ptm, wordpiece_tokenizer
 
-from bench.artifacts import REFERENCE_MARK, ArtifactStore, reference_key
+from bench.artifacts import REFERENCE_MARK, ArtifactStore, marked, reference_key, regime
 from bench.cli import main
 from bench.context import RunContext
 from bench.errors import PtmbenchError
@@ -148,7 +148,6 @@ def test_reference_evaluation_scores_like_the_fast_one(bert, env):
 # ------------------------------------------------------------------------------------------ cache safety
 def test_keys_are_marked_only_under_the_flag(bert_dir, env, tmp_path):
     from bench.matrix import load_matrix, plan
-    from bench.runner import with_reference_paths
 
     m = tmp_path / "m.yaml"
     m.write_text(yaml.safe_dump({"name": "keys", "models": [str(bert_dir)], "attacks": ["none", "neuba"],
@@ -156,30 +155,41 @@ def test_keys_are_marked_only_under_the_flag(bert_dir, env, tmp_path):
     store = ArtifactStore(tmp_path / "cache" / "artifacts")
     spec = load_matrix(m)
     fast = plan(spec, store)
-    before = json.dumps([(n.key, n.deps, n.payload) for n in fast], sort_keys=True, default=str)
-    ref = with_reference_paths(fast)
-    # off: the plan is untouched (same keys as ever); on: every key differs and carries the marker
-    assert json.dumps([(n.key, n.deps, n.payload) for n in fast], sort_keys=True, default=str) == before
-    assert [n.key for n in plan(spec, store)] == [n.key for n in fast]
-    assert [n.key for n in ref] == [reference_key(n.key) for n in fast]
-    assert not {n.key for n in ref} & {n.key for n in fast}
-    by_key = {n.key for n in ref}
-    for n in ref:
-        assert n.key.endswith(REFERENCE_MARK) and n.payload["key"] == n.key
-        assert all(d in by_key for d in n.deps)
-        if n.payload.get("source", {}).get("kind") == "artifact":
-            assert n.payload["source"]["key"] in by_key
-        if n.stage == "cell":
-            assert all(v.endswith(REFERENCE_MARK) for v in n.payload["keys"].values())
-            assert n.payload["ident"]["reference_paths"] is True
+    # the default regime: the plan is the same as ever (keys unmarked, identities without a regime)
+    assert [n.key for n in plan(spec, store, None)] == [n.key for n in fast]
+    assert not any(n.key.endswith(("-refpaths", "-fp32")) for n in fast)
+    assert all("regime" not in n.payload["ident"] for n in fast if n.stage == "cell")
+    ref, fp32 = plan(spec, store, "refpaths"), plan(spec, store, "fp32")
+    for other, mark in ((ref, REFERENCE_MARK), (fp32, "-fp32")):
+        assert [n.stage for n in other] == [n.stage for n in fast]
+        assert not {n.key for n in other} & {n.key for n in fast}
+        by_key = {n.key for n in other}
+        for n in other:
+            assert n.key.endswith(mark) and n.payload["key"] == n.key
+            assert all(d in by_key for d in n.deps)
+            if n.payload.get("source", {}).get("kind") == "artifact":
+                assert n.payload["source"]["key"] in by_key
+            if n.stage == "cell":
+                assert all(v.endswith(mark) for v in n.payload["keys"].values())
+                assert n.payload["ident"]["regime"] == mark[1:]
+    assert not {n.key for n in ref} & {n.key for n in fp32}
     assert reference_key(reference_key("k")) == reference_key("k")
+    assert marked("k", None) == "k" and marked(marked("k", "fp32"), "fp32") == "k-fp32"
 
 
-def test_record_ids_differ_only_when_the_flag_is_set():
+def test_regime_of_a_run():
+    assert regime("bf16") is None and regime("fp32") == "fp32"
+    assert regime("fp32", reference_paths=True) == "refpaths"
+    assert FAST.regime == "fp32" and REF.regime == "refpaths"
+    assert RunContext(precision="bf16").regime is None
+
+
+def test_record_ids_differ_only_off_the_default_regime():
     rec = {"model": "m", "attack": "none", "defense": "none", "dataset": "sst2", "preset": "smoke", "seed": 0,
            "triggers": "neuba", "attack_config": {}, "defense_config": {}, "finetune_config": {"epochs": 1}}
-    assert record_id({**rec, "reference_paths": False}) == record_id(rec)
-    assert record_id({**rec, "reference_paths": True}) != record_id(rec)
+    assert record_id({**rec, "regime": None}) == record_id(rec)
+    ids = {record_id(rec), record_id({**rec, "regime": "refpaths"}), record_id({**rec, "regime": "fp32"})}
+    assert len(ids) == 3
 
 
 def test_zoo_artifact_of_a_reference_run_is_keyed_apart(env, tmp_path):
@@ -194,11 +204,13 @@ def test_zoo_artifact_of_a_reference_run_is_keyed_apart(env, tmp_path):
                                           lambda zoo, ctx: tiny_ptm("bert", wordpiece_tokenizer())))
     assert get("model", name).cached
     zoo = Zoo(ArtifactStore(tmp_path / "artifacts"), tmp_path)
-    _, k_fast = zoo.load(name, FAST)
+    _, k_fast = zoo.load(name, RunContext(seed=0, precision="bf16"))
+    _, k_fp32 = zoo.load(name, FAST)
     _, k_ref = zoo.load(name, REF)
-    assert k_fast == zoo.key(name) and k_ref == reference_key(k_fast)
-    assert zoo.store.is_valid(k_fast) and zoo.store.is_valid(k_ref)
-    assert zoo.store.meta(k_ref)["reference_paths"] is True and "reference_paths" not in zoo.store.meta(k_fast)
+    assert k_fast == zoo.key(name) and k_ref == reference_key(k_fast) and k_fp32 == k_fast + "-fp32"
+    assert all(zoo.store.is_valid(k) for k in (k_fast, k_fp32, k_ref))
+    assert zoo.store.meta(k_ref)["regime"] == "refpaths" and zoo.store.meta(k_fp32)["regime"] == "fp32"
+    assert "regime" not in zoo.store.meta(k_fast)
 
 
 # ------------------------------------------------------------------------------------------ the CLI, end to end
@@ -209,11 +221,18 @@ def test_cli_finetune_with_reference_paths(bert_dir, env, tmp_path, capsys):
     assert main([*args, "--reference-paths"]) == 0
     (rec_path,) = (res / "records").glob("*.json")
     rec = json.loads(rec_path.read_text())
-    assert rec["reference_paths"] is True and rec["precision"] == "fp32" and rec["n_train"] == 16
+    assert rec["regime"] == "refpaths" and rec["precision"] == "fp32" and rec["n_train"] == 16
     assert rec_path.name == f"{record_id(rec)}.json"
     assert main([*args, "--reference-paths"]) == 0 and "cached" in capsys.readouterr().out
-    assert main(args) == 0  # the fast run is not taken for cached: its record is a different one
-    assert len(list((res / "records").glob("*.json"))) == 2
+    # a fast-path run into the same store would mix regimes in its tables: refused before any work
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reference-path" in err[0] and "--results" in err[0]
+    assert len(list((res / "records").glob("*.json"))) == 1
+    fast_res = tmp_path / "fast"
+    assert main([*args[:-1], str(fast_res), "--precision", "bf16"]) == 0  # its own store: a different record
+    (fast_rec,) = (fast_res / "records").glob("*.json")
+    assert fast_rec.name != rec_path.name and "regime" not in json.loads(fast_rec.read_text())
     capsys.readouterr()
     assert main([*args, "--reference-paths", "--precision", "bf16", "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -234,10 +253,17 @@ def test_cli_run_with_reference_paths(bert_dir, env, tmp_path, capsys):
     keys = sorted(p.name for p in (cache / "artifacts").iterdir() if not p.name.startswith("."))
     assert len(keys) == 2 and all(k.endswith(REFERENCE_MARK) for k in keys)
     for k in keys:
-        assert json.loads((cache / "artifacts" / k / "meta.json").read_text())["reference_paths"] is True
+        assert json.loads((cache / "artifacts" / k / "meta.json").read_text())["regime"] == "refpaths"
     (rec,) = [json.loads(p.read_text()) for p in (res / "records").glob("*.json")]
-    assert rec["reference_paths"] is True and rec["precision"] == "fp32"  # the matrix's bf16 is overridden
+    assert rec["regime"] == "refpaths" and rec["precision"] == "fp32"  # the matrix's bf16 is overridden
     assert all(v.endswith(REFERENCE_MARK) for v in rec["keys"].values())
     assert main(args) == 0 and "3 cached, 0 to run" in capsys.readouterr().out  # resumes like any run
     assert main([*args, "--precision", "bf16"]) == 2
     assert "fp32" in capsys.readouterr().err
+    # the fast paths into the same results store: refused in one line before any stage runs
+    n_artifacts = len(list((cache / "artifacts").iterdir()))
+    assert main(args[:-1]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(res) in err[0] and "--results" in err[0]
+    assert len(list((cache / "artifacts").iterdir())) == n_artifacts
+    assert len(list((res / "records").glob("*.json"))) == 1
