@@ -375,7 +375,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise PtmbenchError("--triggers names no trigger")
     entries = [p.split("=", 1) if "=" in p else [Path(p).name, p] for p in args.ptm]
     ctx = _ctx(args, seed=args.seed)
-    store.check_regime(ctx.regime)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     frames = []
@@ -403,7 +402,6 @@ def cmd_locus(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise PtmbenchError(f"--samples must be >= 1, got {args.samples}")
     ctx = _ctx(args, seed=args.seed)
-    store.check_regime(ctx.regime)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
     clean, _ = zoo.load(args.clean, ctx)
