@@ -76,12 +76,21 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "finetune_config": p.to_dict(), "finetune_train": ft.train.summary(),
             "wall_s": {**cell.wall, "finetune": round(ft.train.wall_s, 2), "evaluate": round(ev.wall_s, 2)},
             "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
+            "threads": stage_threads(ptm),
             "lineage": ptm.lineage,
         }
         if ctx.regime:  # only off the default regime, so the record ids of default results stay as they were
             rec["regime"] = ctx.regime
         records.append(rec)
     return records
+
+
+def stage_threads(ptm: PTM) -> dict[str, int]:
+    """The torch thread count of every stage behind a record (the PTM's build, attack and defense, from its
+    artifacts, and this cell): results are bit-identical only across runs with the same counts, since the
+    order of a matmul's partial sums, and with it bf16 rounding, depends on them."""
+    out = {k: ptm.info[f"{k}_threads"] for k in ("zoo", "attack", "defense") if f"{k}_threads" in ptm.info}
+    return {**out, "cell": torch.get_num_threads()}
 
 
 def reference_evaluation(model: Any, dataset: str, val: Any, test: Any, trigger_sets: dict[str, list[Any]],
@@ -168,6 +177,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
                 else:
                     out = method.purify(ptm, ctx, Path(env.cache))
             out.info[f"{stage}_wall_s"] = round(time.perf_counter() - t, 2)
+            out.info[f"{stage}_threads"] = torch.get_num_threads()  # bf16 rounding depends on it
             if mem.peak is not None:  # the process's resident memory while the stage ran
                 out.info[f"{stage}_peak_rss_mib"] = round(mem.peak / 2**20)
             out.info[f"{stage}_key"] = payload["key"]

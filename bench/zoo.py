@@ -78,6 +78,7 @@ class Zoo:
 
         def write(d: Path) -> None:
             ptm = spec.build(self, ctx)
+            ptm.info["zoo_threads"] = torch.get_num_threads()  # bf16 rounding depends on it (README)
             ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
 
         path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,10 @@ def test_matrix_runs_every_cell_once_and_tables(baseline):
     for name in ("table.md", "table.tex", "table.csv", "table.html", "per_trigger.csv", "summary.md"):
         assert (res / name).is_file()
     assert "CACC / AASR / MASR" in (res / "table.md").read_text()
+    # every record names the torch thread count of each stage behind it (OMP_NUM_THREADS=1 here)
+    for r in (json.loads(p.read_text()) for p in (res / "records").glob("*.json")):
+        stages = {"cell"} | {k for k in ("attack", "defense") if r[k] != "none"}
+        assert r["threads"] == dict.fromkeys(stages, 1), r["threads"]
 
 
 def test_rerun_does_no_work(baseline):
