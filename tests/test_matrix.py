@@ -274,6 +274,20 @@ def test_demo_plans_the_committed_record_ids():
     assert sorted(record_ids(nodes)) == sorted(p.stem for p in committed.glob("*.json"))
 
 
+def test_paper_text_seeds_plan_the_committed_record_ids():
+    """The committed text benchmark store holds exactly the records paper-text-s0 and -s1 plan (so a re-run
+    resumes it instead of recomputing: the regime marker leaves default keys and record ids unchanged)."""
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "paper" / "text" / "records"
+    if not committed.is_dir():
+        pytest.skip("no committed paper-text records")
+    store = ArtifactStore(Path("/nonexistent-ptmbench-cache") / "artifacts")
+    planned = {i for name in ("paper-text-s0", "paper-text-s1") for i in record_ids(plan(load_matrix(name), store))}
+    assert planned == {p.stem for p in committed.glob("*.json")}
+
+
 def _builtins() -> list[str]:
     from bench.matrix import builtin_names
 
