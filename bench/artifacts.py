@@ -53,11 +53,6 @@ def marked(key: str, regime_name: str | None) -> str:
     return key if key.endswith(mark) else key + mark
 
 
-def reference_key(key: str) -> str:
-    """The key of a stage computed on the reference (slow) paths (``--reference-paths``)."""
-    return marked(key, "refpaths")
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import tiny_ptm, wordpiece_tokenizer
 
-from bench.artifacts import REFERENCE_MARK, ArtifactStore, marked, reference_key, regime
+from bench.artifacts import REFERENCE_MARK, ArtifactStore, marked, regime
 from bench.cli import main
 from bench.context import RunContext
 from bench.errors import PtmbenchError
@@ -173,7 +173,7 @@ def test_keys_are_marked_only_under_the_flag(bert_dir, env, tmp_path):
                 assert all(v.endswith(mark) for v in n.payload["keys"].values())
                 assert n.payload["ident"]["regime"] == mark[1:]
     assert not {n.key for n in ref} & {n.key for n in fp32}
-    assert reference_key(reference_key("k")) == reference_key("k")
+    assert marked(marked("k", "refpaths"), "refpaths") == "k" + REFERENCE_MARK
     assert marked("k", None) == "k" and marked(marked("k", "fp32"), "fp32") == "k-fp32"
 
 
@@ -207,7 +207,7 @@ def test_zoo_artifact_of_a_reference_run_is_keyed_apart(env, tmp_path):
     _, k_fast = zoo.load(name, RunContext(seed=0, precision="bf16"))
     _, k_fp32 = zoo.load(name, FAST)
     _, k_ref = zoo.load(name, REF)
-    assert k_fast == zoo.key(name) and k_ref == reference_key(k_fast) and k_fp32 == k_fast + "-fp32"
+    assert k_fast == zoo.key(name) and k_ref == marked(k_fast, "refpaths") and k_fp32 == k_fast + "-fp32"
     assert all(zoo.store.is_valid(k) for k in (k_fast, k_fp32, k_ref))
     assert zoo.store.meta(k_ref)["regime"] == "refpaths" and zoo.store.meta(k_fp32)["regime"] == "fp32"
     assert "regime" not in zoo.store.meta(k_fast)
