@@ -274,18 +274,26 @@ def test_demo_plans_the_committed_record_ids():
     assert sorted(record_ids(nodes)) == sorted(p.stem for p in committed.glob("*.json"))
 
 
-def test_paper_text_seeds_plan_the_committed_record_ids():
-    """The committed text benchmark store holds exactly the records paper-text-s0 and -s1 plan (so a re-run
-    resumes it instead of recomputing: the regime marker leaves default keys and record ids unchanged)."""
+@pytest.mark.parametrize("store_dir,complete,all_files", [
+    ("text", ("paper-text-s0", "paper-text-s1"), ("paper-text-s0", "paper-text-s1", "paper-text-s2")),
+    ("roberta", (), ("paper-roberta-s0", "paper-roberta-s1", "paper-roberta-s2")),
+])
+def test_paper_stores_hold_the_record_ids_their_matrices_plan(store_dir, complete, all_files):
+    """A committed benchmark store holds every record its completed seed files plan and nothing their seed
+    files do not plan (so a re-run resumes it instead of recomputing: the regime marker leaves default keys
+    and record ids unchanged)."""
     from bench.artifacts import ArtifactStore
     from bench.matrix import load_matrix, plan
 
-    committed = Path(__file__).resolve().parents[1] / "results" / "paper" / "text" / "records"
-    if not committed.is_dir():
-        pytest.skip("no committed paper-text records")
+    committed_dir = Path(__file__).resolve().parents[1] / "results" / "paper" / store_dir / "records"
+    if not committed_dir.is_dir():
+        pytest.skip(f"no committed paper/{store_dir} records")
     store = ArtifactStore(Path("/nonexistent-ptmbench-cache") / "artifacts")
-    planned = {i for name in ("paper-text-s0", "paper-text-s1") for i in record_ids(plan(load_matrix(name), store))}
-    assert planned == {p.stem for p in committed.glob("*.json")}
+    committed = {p.stem for p in committed_dir.glob("*.json")}
+    ids = {name: set(record_ids(plan(load_matrix(name), store))) for name in all_files}
+    for name in complete:
+        assert ids[name] <= committed, f"{name}: {len(ids[name] - committed)} records missing"
+    assert committed <= set().union(*ids.values())
 
 
 def _builtins() -> list[str]:
