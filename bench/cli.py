@@ -346,10 +346,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = results.load()
     paths = write_tables(records, results.root)
     from bench.plots import plot_all
-    from bench.records import cells_frame, with_majority_share
+    from bench.records import cells_frame, terminal_table, with_majority_share
 
     plot_all(cells_frame(with_majority_share(records)), results.root / "plots")
-    print(paths["matrix_md"].read_text())
+    print(terminal_table(paths))
     print(f"{summary['ran']} stages ran, {summary['cached']} cached, {summary['wall_s']:.0f}s; "
           f"tables in {results.root}/")
     return 0

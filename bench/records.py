@@ -348,3 +348,15 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     atomic_write_text(paths["summary_tex"], disp.to_latex(index=False, escape=True))
     atomic_write_text(paths["summary_html"], disp.to_html(index=False, border=0))
     return paths
+
+
+def terminal_table(paths: dict[str, Path], max_width: int = 160) -> str:
+    """What ``ptmbench run`` prints at its end: the per-dataset matrix table when it fits ``max_width``
+    characters, else the headline (averages over datasets) and where the full table lies."""
+    matrix = paths["matrix_md"].read_text()
+    width = max((len(line) for line in matrix.splitlines() if line.startswith("|")), default=0)
+    if width <= max_width:
+        return matrix
+    head = paths["headline_md"].read_text().split("\n## ", 1)[0].rstrip("\n")
+    return (f"{head}\n\nThe per-dataset table ({width} characters wide) is "
+            f"{paths['matrix_md']}; collapsed cells are left out in {paths['headline_md']}.\n")

@@ -13,6 +13,7 @@ from bench.records import (
     headline_frame,
     record_id,
     summary_frame,
+    terminal_table,
     with_majority_share,
     write_tables,
 )
@@ -111,3 +112,14 @@ def test_majority_share_backfill_only_where_missing_and_known():
     assert all("majority_share" not in r for r in old)  # the records passed in are not modified
     c = cells_frame(new)
     assert c["collapsed"].isna().sum() == 2 and c["collapsed"].sum() == 2  # 0.6 <= 0.6 + 0.005
+
+
+def test_run_prints_the_matrix_table_when_narrow_and_the_headline_when_wide(tmp_path):
+    narrow = write_tables([rec("none", 0, 0.8, 1.0), rec("recipe", 0, 0.78, 0.1)], tmp_path / "narrow")
+    assert terminal_table(narrow) == narrow["matrix_md"].read_text()
+    many = [rec(d, 0, 0.8, 0.5, dataset=ds) for d in ("none", "recipe", "only-pt", "only-reg", "fp", "fp-gm")
+            for ds in ("sst2", "offenseval", "agnews")]
+    wide = write_tables(many, tmp_path / "wide")
+    text = terminal_table(wide)
+    assert "avg AASR" in text and "| m | neuba | fp-gm | demo | neuba | agnews+offenseval+sst2 | 1 |" in text
+    assert "none · sst2" not in text and str(wide["matrix_md"]) in text and "## Collapsed" not in text
