@@ -296,6 +296,25 @@ def test_paper_stores_hold_the_record_ids_their_matrices_plan(store_dir, complet
     assert committed <= set().union(*ids.values())
 
 
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("src", sorted(RESULTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_result_matrices_still_plan_their_records(src, tmp_path):
+    """Every matrix file under results/ (the commands in its COMMAND files) still loads and plans; where its
+    store sits beside it under the same name, every committed record is one the matrix plans (a re-run
+    resumes that store instead of recomputing it)."""
+    from bench.artifacts import ArtifactStore
+    from bench.matrix import load_matrix, plan
+
+    nodes = plan(load_matrix(src), ArtifactStore(tmp_path / "artifacts"))
+    assert any(n.stage == "cell" for n in nodes)
+    records = src.with_suffix("") / "records"
+    if records.is_dir():
+        committed = {p.stem for p in records.glob("*.json")}
+        assert committed and committed <= set(record_ids(nodes))
+
 def _builtins() -> list[str]:
     from bench.matrix import builtin_names
 
