@@ -276,7 +276,7 @@ def test_demo_plans_the_committed_record_ids():
 
 @pytest.mark.parametrize("store_dir,complete,all_files", [
     ("text", ("paper-text-s0", "paper-text-s1", "paper-text-s2"), ("paper-text-s0", "paper-text-s1", "paper-text-s2")),
-    ("roberta", ("paper-roberta-s0", "paper-roberta-s1"), ("paper-roberta-s0", "paper-roberta-s1", "paper-roberta-s2")),
+    ("roberta", ("paper-roberta-s0", "paper-roberta-s1", "paper-roberta-s2"), ("paper-roberta-s0", "paper-roberta-s1", "paper-roberta-s2")),
 ])
 def test_paper_stores_hold_the_record_ids_their_matrices_plan(store_dir, complete, all_files):
     """A committed benchmark store holds every record its completed seed files plan and nothing their seed
