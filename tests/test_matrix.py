@@ -296,7 +296,6 @@ def test_paper_stores_hold_the_record_ids_their_matrices_plan(store_dir, complet
     assert committed <= set().union(*ids.values())
 
 
-
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -314,6 +313,7 @@ def test_committed_result_matrices_still_plan_their_records(src, tmp_path):
     if records.is_dir():
         committed = {p.stem for p in records.glob("*.json")}
         assert committed and committed <= set(record_ids(nodes))
+
 
 def _builtins() -> list[str]:
     from bench.matrix import builtin_names
