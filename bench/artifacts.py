@@ -61,6 +61,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def weights_digest(meta: Mapping[str, Any]) -> str | None:
+    """A short fingerprint of an artifact's weights: sha256 over the (name, sha256) of its ``*.safetensors``
+    files, from its meta.json.  Two builds with the same key hold the same weights exactly when their digests
+    agree (the key names what was asked for; bf16 rounding, hence the weights, also depends on the thread
+    count and the CPU), so records carry it and a rebuild can be checked against them without re-running a
+    cell.  None when the artifact has no weight files."""
+    files = {n: d for n, d in meta.get("files", {}).items() if n.endswith(".safetensors")}
+    if not files:
+        return None
+    return hashlib.sha256(canonical_json(files).encode()).hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PTMBENCH_CACHE") or Path.home() / ".cache" / "ptmbench")
 

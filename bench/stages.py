@@ -196,6 +196,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
 
 def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: Any) -> bool:
     """Fine-tune and score one cell under its lock; False when another runner already wrote its records."""
+    from bench.artifacts import weights_digest
     from bench.finetune import get_preset
     from bench.records import ResultsStore, cell_identity
     from bench.registry import get
@@ -222,6 +223,13 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
             k = payload["keys"].get(stage_key)
             if ident[stage_key] != "none" and k and store.is_valid(k):
                 wall[stage_key] = store.meta(k).get("wall_s")
+        weights = {}  # fingerprint of each stage's weights behind this cell (bench.artifacts.weights_digest)
+        for stage_key in ("zoo", "attack", "defense"):
+            k = payload["keys"].get(stage_key)
+            if (stage_key == "zoo" or ident[stage_key] != "none") and k and store.is_valid(k):
+                digest = weights_digest(store.meta(k))
+                if digest:
+                    weights[stage_key] = digest
         cell = CellSpec(model=ident["model"], dataset=ident["dataset"], seed=ident["seed"], preset=preset,
                         attack=rident["attack"], defense=rident["defense"], attack_method=ident["attack"],
                         defense_method=ident["defense"], attack_config=ident["attack_config"],
@@ -237,5 +245,6 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
             rss["cell"] = round(mem.peak / 2**20)
         for rec in records:
             rec["peak_rss_mib"] = rss
+            rec["weights"] = weights
             results.write(rec)
     return True

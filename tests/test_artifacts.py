@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.artifacts import ArtifactStore, content_key
+from bench.artifacts import ArtifactStore, content_key, weights_digest
 
 
 def test_content_key_is_canonical_and_sensitive():
@@ -55,3 +55,19 @@ def test_half_artifact_without_meta_is_invalid(tmp_path):
     (tmp_path / "k3").mkdir()
     (tmp_path / "k3" / "weights.safetensors").write_bytes(b"123")
     assert not store.is_valid("k3")
+
+
+def test_weights_digest_follows_the_weight_files_only(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def writer(weights: bytes, info: str):
+        def w(d):
+            (d / "weights.safetensors").write_bytes(weights)
+            (d / "ptm.json").write_text(info)  # wall times and the like: not the weights
+        return w
+
+    a = weights_digest(store.meta(store.write("a", writer(b"w1", "run 1"), {})))
+    b = weights_digest(store.meta(store.write("b", writer(b"w1", "run 2"), {})))
+    c = weights_digest(store.meta(store.write("c", writer(b"w2", "run 1"), {})))
+    assert a == b and a != c and len(a) == 16 and int(a, 16) >= 0
+    assert weights_digest(store.meta(store.write("d", lambda d: (d / "x.txt").write_text("1"), {}))) is None

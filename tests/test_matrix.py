@@ -63,6 +63,16 @@ def test_matrix_runs_every_cell_once_and_tables(baseline):
     for r in (json.loads(p.read_text()) for p in (res / "records").glob("*.json")):
         stages = {"cell"} | {k for k in ("attack", "defense") if r[k] != "none"}
         assert r["threads"] == dict.fromkeys(stages, 1), r["threads"]
+    # ... and a fingerprint of each stage's weights (a local model path has no zoo artifact): one per artifact
+    recs = [json.loads(p.read_text()) for p in (res / "records").glob("*.json")]
+    by_key: dict[str, set[str]] = {}
+    for r in recs:
+        stages = {k for k in ("attack", "defense") if r[k] != "none"}
+        assert set(r["weights"]) == stages, r["weights"]
+        for k in stages:
+            by_key.setdefault(r["keys"][k], set()).add(r["weights"][k])
+    assert len(by_key) == 3 and all(len(v) == 1 for v in by_key.values())  # neuba, recipe on clean, on neuba
+    assert len(set().union(*by_key.values())) == 3  # each stage changed the weights
 
 
 def test_rerun_does_no_work(baseline):
