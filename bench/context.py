@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,20 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_description() -> dict[str, str]:
+    """The CPU a stage ran on, as far as results depend on it: its model name and the bf16 matmul path (AMX,
+    AVX-512 BF16 or none).  Kernels differ between them, so bf16 results are bit-identical only on the same
+    path (with the same thread count), and speed differs several-fold (no AMX: bf16 slower than fp32)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        info = ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    bf16 = "amx" if "amx_bf16" in info else "avx512_bf16" if "avx512_bf16" in info else "none"
+    return {"model": name, "bf16": bf16, "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def stable_hash(*parts: object) -> int:

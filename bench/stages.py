@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import bench
-from bench.context import RunContext
+from bench.context import RunContext, cpu_description
 from bench.evaluate import evaluate
 from bench.finetune import FinetunePreset, finetune
 from bench.ptm import PTM
@@ -76,7 +76,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "finetune_config": p.to_dict(), "finetune_train": ft.train.summary(),
             "wall_s": {**cell.wall, "finetune": round(ft.train.wall_s, 2), "evaluate": round(ev.wall_s, 2)},
             "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
-            "threads": stage_threads(ptm),
+            "threads": stage_threads(ptm), "cpu": cpu_description(),
             "lineage": ptm.lineage,
         }
         if ctx.regime:  # only off the default regime, so the record ids of default results stay as they were

@@ -63,6 +63,7 @@ def test_matrix_runs_every_cell_once_and_tables(baseline):
     for r in (json.loads(p.read_text()) for p in (res / "records").glob("*.json")):
         stages = {"cell"} | {k for k in ("attack", "defense") if r[k] != "none"}
         assert r["threads"] == dict.fromkeys(stages, 1), r["threads"]
+        assert r["cpu"]["model"] and r["cpu"]["bf16"] in ("amx", "avx512_bf16", "none")
     # ... and a fingerprint of each stage's weights (a local model path has no zoo artifact): one per artifact
     recs = [json.loads(p.read_text()) for p in (res / "records").glob("*.json")]
     by_key: dict[str, set[str]] = {}
