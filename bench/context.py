@@ -28,7 +28,7 @@ def cpu_supports_bf16() -> bool:
 def cpu_description() -> dict[str, str]:
     """The CPU a stage ran on, as far as results depend on it: its model name and the bf16 matmul path (AMX,
     AVX-512 BF16 or none).  Kernels differ between them, so bf16 results are bit-identical only on the same
-    path (with the same thread count), and speed differs several-fold (no AMX: bf16 slower than fp32)."""
+    path (with the same thread count), and bf16 speed differs several-fold between them."""
     try:
         info = open("/proc/cpuinfo").read()
     except OSError:
