@@ -18,11 +18,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matmul (AVX-512 BF16 / AMX); elsewhere bf16 autocast is slow."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_description()["bf16"] != "none"
 
 
 def cpu_description() -> dict[str, str]:
@@ -34,7 +30,7 @@ def cpu_description() -> dict[str, str]:
     except OSError:
         info = ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
+                platform.processor() or platform.machine() or "unknown")
     bf16 = "amx" if "amx_bf16" in info else "avx512_bf16" if "avx512_bf16" in info else "none"
     return {"model": name, "bf16": bf16, "torch_capability": torch.backends.cpu.get_cpu_capability()}
 

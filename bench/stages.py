@@ -60,7 +60,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
         ev = reference_evaluation(ft.model, cell.dataset, val, test, trigger_sets, dspec.num_classes, p, ctx)
     else:
         ev = evaluate(ft.model, val, test, trigger_sets, dspec.num_classes, p, ctx)
-    records = []
+    records, cpu = [], cpu_description()
     for set_name, m in ev.by_set.items():
         d = m.to_dict()
         rec = {
@@ -76,7 +76,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "finetune_config": p.to_dict(), "finetune_train": ft.train.summary(),
             "wall_s": {**cell.wall, "finetune": round(ft.train.wall_s, 2), "evaluate": round(ev.wall_s, 2)},
             "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
-            "threads": stage_threads(ptm), "cpu": cpu_description(),
+            "threads": stage_threads(ptm), "cpu": cpu,
             "lineage": ptm.lineage,
         }
         if ctx.regime:  # only off the default regime, so the record ids of default results stay as they were
@@ -218,18 +218,16 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
             return False
         preset = get_preset(ptm.modality, ident["preset"],
                             **payload.get("finetune", {}))
-        wall = {}
-        for stage_key in ("attack", "defense"):
-            k = payload["keys"].get(stage_key)
-            if ident[stage_key] != "none" and k and store.is_valid(k):
-                wall[stage_key] = store.meta(k).get("wall_s")
-        weights = {}  # fingerprint of each stage's weights behind this cell (bench.artifacts.weights_digest)
+        wall, weights = {}, {}  # each stage's wall time, and a fingerprint of its weights (weights_digest)
         for stage_key in ("zoo", "attack", "defense"):
             k = payload["keys"].get(stage_key)
-            if (stage_key == "zoo" or ident[stage_key] != "none") and k and store.is_valid(k):
-                digest = weights_digest(store.meta(k))
-                if digest:
-                    weights[stage_key] = digest
+            if not k or (stage_key != "zoo" and ident[stage_key] == "none") or not store.is_valid(k):
+                continue
+            meta = store.meta(k)
+            if stage_key != "zoo":
+                wall[stage_key] = meta.get("wall_s")
+            if digest := weights_digest(meta):
+                weights[stage_key] = digest
         cell = CellSpec(model=ident["model"], dataset=ident["dataset"], seed=ident["seed"], preset=preset,
                         attack=rident["attack"], defense=rident["defense"], attack_method=ident["attack"],
                         defense_method=ident["defense"], attack_config=ident["attack_config"],

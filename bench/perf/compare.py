@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.context import RunContext
+from bench.context import RunContext, cpu_description
 from bench.errors import PtmbenchError
 from bench.finetune import Classifier, FinetunePreset, finetune, get_preset, predict
 from bench.modalities.base import shuffled_batches
@@ -562,7 +562,7 @@ def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str |
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": cpu_model(),
+        "cpu": cpu_description()["model"],
         "order": "each phase runs the reference pipeline first, then ptmbench's, after a shared warm-up",
         "phases": phases,
         "quality": quality,
@@ -576,17 +576,6 @@ def _acc(pred: np.ndarray, labels: np.ndarray) -> float:
 
 def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(x, nd)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------- the report
