@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,6 +22,20 @@ from bench.stages import StageEnv, run_node
 
 def _ready(nodes: list[Node], done: set[str], running: set[str]) -> list[Node]:
     return [n for n in nodes if n.key not in done and n.key not in running and all(d in done for d in n.deps)]
+
+
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: end this process as soon as the runner that spawned it is gone.  A runner killed
+    by a signal cannot stop its pool, and an orphaned worker would otherwise train on for up to an hour
+    holding its stage's lock (blocking the next run); orphans are re-parented, so the parent pid changes.
+    Whatever it was computing is discarded as after a SIGKILL: a rerun resumes from the finished stages."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ptmbench-parent-watch", daemon=True).start()
 
 
 def _worker(payload: dict[str, Any], env_dict: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +65,8 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 2) // self.workers)
         env_dict = {**asdict(env), "threads": env.threads or threads, "progress": False}
         ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+        with cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_exit_with_parent,
+                                    initargs=(os.getpid(),)) as pool:
             running: dict[cf.Future, Node] = {}
             try:
                 while len(done) < len(nodes):

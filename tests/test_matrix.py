@@ -151,6 +151,69 @@ def test_two_local_workers_match_one(baseline, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     pd.testing.assert_frame_equal(cells(tmp_path / "res"), cells(res))
 
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_killed_runner_takes_its_workers_and_locks_with_it(baseline, bert_dir, tmp_path):
+    """SIGKILL the parent of ``--workers 2`` while a worker trains a (deliberately endless) implant: the worker
+    must not train on as an orphan holding the stage lock."""
+    from filelock import FileLock, Timeout
+
+    env, _, _, _ = baseline
+    cache = tmp_path / "cache"
+    env = {**env, "PTMBENCH_CACHE": str(cache)}
+    m = write_matrix(tmp_path / "long.yaml", bert_dir, attacks=["none", {"name": "neuba", "config": {"steps": 10_000_000}}], defenses=["none"])
+    p = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(m), "--results", str(tmp_path / "res"),
+                          "--workers", "2", "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        for _ in range(600):  # until the implant is being trained (its temporary artifact exists)
+            workers |= _children(p.pid)
+            if list((cache / "artifacts").glob(".tmp-attack-neuba-*")) or p.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, "the runner ended before the implant started"
+        workers |= _children(p.pid)
+        assert workers
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        for _ in range(150):
+            if not any(_alive(w) for w in workers):
+                break
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its killed runner"
+        (lock,) = (cache / "artifacts" / ".locks").glob("attack-neuba-*.lock")
+        free = FileLock(str(lock))
+        try:
+            free.acquire(timeout=5)
+            free.release()
+        except Timeout:
+            pytest.fail(f"{lock.name} is still held after the runner and its workers died")
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
 
 def test_ray_executor_matches_local(baseline, tmp_path):
     pytest.importorskip("ray")
