@@ -86,6 +86,10 @@ class ArtifactStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where the stage that makes ``key`` keeps its training checkpoints until the artifact is written."""
+        return self.root / ".checkpoints" / key
+
     def lock(self, key: str) -> FileLock:
         (self.root / ".locks").mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / ".locks" / f"{key}.lock"))

@@ -1,4 +1,5 @@
-"""The run context every stage receives: seed, device, precision, reference paths, progress and cancellation."""
+"""The run context every stage receives: seed, device, precision, reference paths, progress, cancellation and
+the stage checkpoints its training loop writes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import platform
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.checkpoint import DEFAULT_EVERY_S, StageCheckpoints
 from bench.errors import PtmbenchError
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -48,6 +51,12 @@ class RunContext:
     batches padded to the max length without length bucketing, masked-LM loss from full-vocabulary logits
     at every position, fp32, and per-trigger re-tokenised evaluation (as ``ptmbench perf compare``'s
     reference pipeline).  The objective is the same; only the cost differs.
+
+    Randomness: :meth:`rng` derives a numpy generator afresh from the seed and a purpose at each call (use one
+    per purpose and step or epoch, never one carried across training steps); :meth:`torch_generator` hands out
+    a torch generator that may be drawn from across steps — inside :meth:`checkpointed` it is registered, so
+    stage checkpoints save and restore it with torch's default generator (:mod:`bench.checkpoint`).
+    ``checkpoint_every_s``: seconds between checkpoints of a training call (0: every step; None: never).
     """
 
     seed: int = 0
@@ -57,6 +66,8 @@ class RunContext:
     threads: int | None = None
     cancel: Callable[[], bool] = field(default=lambda: False, repr=False)
     reference_paths: bool = False
+    checkpoint_every_s: float | None = DEFAULT_EVERY_S
+    checkpoints: StageCheckpoints | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -74,6 +85,8 @@ class RunContext:
             self.precision = "bf16" if (cuda_bf16 or cpu_bf16) else "fp32"
         if self.threads:
             torch.set_num_threads(self.threads)
+        if self.checkpoint_every_s is not None and not self.checkpoint_every_s >= 0:
+            raise PtmbenchError(f"checkpoint interval must be >= 0 minutes, got {self.checkpoint_every_s / 60:g}")
 
     @property
     def regime(self) -> str | None:
@@ -100,7 +113,25 @@ class RunContext:
     def torch_generator(self, *keys: object) -> torch.Generator:
         g = torch.Generator()
         g.manual_seed(int(self.rng(*keys).integers(0, 2**62)))
+        if self.checkpoints is not None:
+            self.checkpoints.track(keys, g)
         return g
+
+    @contextlib.contextmanager
+    def checkpointed(self, directory: Path) -> Iterator[StageCheckpoints | None]:
+        """Run one stage with checkpoints in ``directory`` (its content key's): every :func:`bench.train.train`
+        call inside saves its state there and resumes from it.  The directory is deleted when the block ends
+        without an exception (the stage's output is then written); a failed or killed stage keeps it."""
+        if self.checkpoint_every_s is None:
+            yield None
+            return
+        outer = self.checkpoints
+        self.checkpoints = StageCheckpoints(Path(directory), self.checkpoint_every_s)
+        try:
+            yield self.checkpoints
+        finally:
+            stage, self.checkpoints = self.checkpoints, outer
+        stage.clear()
 
     @contextlib.contextmanager
     def seeded(self, *keys: object) -> Iterator[None]:

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import bench
+from bench.checkpoint import DEFAULT_EVERY_S
 from bench.context import RunContext, cpu_description
 from bench.evaluate import evaluate
 from bench.finetune import FinetunePreset, finetune
@@ -129,6 +130,7 @@ class StageEnv:
     progress: bool = False
     threads: int | None = None
     reference_paths: bool = False
+    checkpoint_every_s: float | None = DEFAULT_EVERY_S
 
 
 def _materialize(source: dict[str, Any], env: StageEnv, ctx: RunContext) -> PTM:
@@ -153,7 +155,8 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
     stage = payload["stage"]
     seed = payload.get("seed", payload.get("ident", {}).get("seed", 0))
     ctx = RunContext(seed=seed, device=env.device, precision=env.precision, progress=env.progress,
-                     threads=env.threads, reference_paths=env.reference_paths)
+                     threads=env.threads, reference_paths=env.reference_paths,
+                     checkpoint_every_s=env.checkpoint_every_s)
     t0 = time.perf_counter()
     computed = True
     if stage == "zoo":
@@ -183,10 +186,11 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
             out.info[f"{stage}_key"] = payload["key"]
             out.save(d)
 
-        _, computed = store.get_or_create(payload["key"], write, {"stage": stage, "method": payload["method"],
-                                                    "config": method.config_dict(), "seed": seed,
-                                                    "version": method.version, "source": payload["source"],
-                                                    **({"regime": ctx.regime} if ctx.regime else {})})
+        with ctx.checkpointed(store.checkpoint_dir(payload["key"])):  # deleted once the artifact is in place
+            _, computed = store.get_or_create(payload["key"], write, {
+                "stage": stage, "method": payload["method"], "config": method.config_dict(), "seed": seed,
+                "version": method.version, "source": payload["source"],
+                **({"regime": ctx.regime} if ctx.regime else {})})
     elif stage == "cell":
         computed = _run_cell(payload, env, ctx, store)
     else:
@@ -234,15 +238,16 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
                         defense_config=ident["defense_config"], keys=payload["keys"], wall=wall)
         from bench.perf.memory import PeakRss
 
-        with PeakRss() as mem:
-            records = finetune_eval(ptm, cell, todo, ctx, Path(env.cache))
-        # the process's resident memory while each stage ran (MiB); attack/defense from their artifacts
-        rss = {k: ptm.info[f"{k}_peak_rss_mib"] for k in ("attack", "defense")
-               if ident[k] != "none" and f"{k}_peak_rss_mib" in ptm.info}
-        if mem.peak is not None:
-            rss["cell"] = round(mem.peak / 2**20)
-        for rec in records:
-            rec["peak_rss_mib"] = rss
-            rec["weights"] = weights
-            results.write(rec)
+        with ctx.checkpointed(store.checkpoint_dir(payload["key"])):  # deleted once the records are written
+            with PeakRss() as mem:
+                records = finetune_eval(ptm, cell, todo, ctx, Path(env.cache))
+            # the process's resident memory while each stage ran (MiB); attack/defense from their artifacts
+            rss = {k: ptm.info[f"{k}_peak_rss_mib"] for k in ("attack", "defense")
+                   if ident[k] != "none" and f"{k}_peak_rss_mib" in ptm.info}
+            if mem.peak is not None:
+                rss["cell"] = round(mem.peak / 2**20)
+            for rec in records:
+                rec["peak_rss_mib"] = rss
+                rec["weights"] = weights
+                results.write(rec)
     return True

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.checkpoint import skip
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 
@@ -125,6 +126,11 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
     each loss weighted by its share of the batch's samples, before the one optimiser step (gradient
     accumulation: the memory of a micro-batch, the step of the whole batch); the logged loss and parts
     are the same weighted means.
+
+    Inside a checkpointed stage (:meth:`RunContext.checkpointed`) the call saves its whole state every
+    ``ctx.checkpoint_every_s`` seconds and resumes from the last save: weights, optimiser, scheduler, RNG
+    streams and data position (``batches`` must be the same deterministic iterator on every run: the resumed
+    call skips the batches already trained on), so the result is the one of an uninterrupted run.
     """
     if steps < 1:
         raise PtmbenchError(f"{desc}: the number of training steps must be >= 1, got {steps}")
@@ -139,10 +145,27 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
     opt = optim.build(unique)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.lr_lambda(steps))
     result = TrainResult(steps=steps, wall_s=0.0)
-    bar = _progress(ctx, steps, desc)
+    ckpt = ctx.checkpoints.next_call(desc) if ctx.checkpoints is not None else None
+    start, before = 0, 0.0  # the step to start from and the wall time of the steps before it
+    state = ckpt.load() if ckpt is not None else None
+    if state is not None:
+        if state["steps"] != steps:
+            raise PtmbenchError(f"stage checkpoint {ckpt.path} is for {state['steps']} steps, this call runs "
+                                f"{steps}; delete {ckpt.stage.directory} to run the stage from its start")
+        if not state["done"]:
+            skip(batches, state["step"])
+        ckpt.restore(state, modules, opt, sched)
+        start, before = state["step"], state["wall_s"]
+        result.losses, result.parts = list(state["losses"]), list(state["parts"])
+    bar = _progress(ctx, steps, desc, start)
     t0 = time.perf_counter()
+
+    def save(step: int, done: bool) -> None:
+        ckpt.save(step=step, steps=steps, done=done, modules=modules, optimizer=opt, scheduler=sched,
+                  losses=result.losses, parts=result.parts, wall_s=before + time.perf_counter() - t0)
+
     try:
-        for step in range(steps):
+        for step in range(start, steps):
             ctx.check_cancel()
             batch = next(batches)
             pieces = batch if isinstance(batch, MicroBatches) else [batch]
@@ -172,6 +195,12 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            if ckpt is not None and step + 1 < steps and ckpt.due():
+                save(step + 1, done=False)
+        # a finished call is kept when re-running it would cost a checkpoint interval or more, so a stage with
+        # further calls resumes past it
+        if ckpt is not None and start < steps and (ckpt.saves or ckpt.due()):
+            save(steps, done=True)
     finally:
         if bar is not None:
             bar.close()
@@ -179,16 +208,16 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
             p.requires_grad_(rg)
         for m in modules:
             m.eval()
-    result.wall_s = time.perf_counter() - t0
+    result.wall_s = before + time.perf_counter() - t0
     return result
 
 
-def _progress(ctx: RunContext, total: int, desc: str) -> Any:
+def _progress(ctx: RunContext, total: int, desc: str, initial: int = 0) -> Any:
     if not ctx.progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def steps_for(n_samples: int, batch_size: int, epochs: float) -> int:

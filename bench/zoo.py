@@ -81,9 +81,10 @@ class Zoo:
             ptm.info["zoo_threads"] = torch.get_num_threads()  # bf16 rounding depends on it (README)
             ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
 
-        path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
-                                                     "version": spec.version,
-                                                     **({"regime": ctx.regime} if ctx.regime else {})})
+        with ctx.checkpointed(self.store.checkpoint_dir(key)):  # deleted once the artifact is in place
+            path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
+                                                         "version": spec.version,
+                                                         **({"regime": ctx.regime} if ctx.regime else {})})
         return load_ptm(path), key
 
     def _load_dir(self, p: Path) -> tuple[PTM, str]:
