@@ -36,6 +36,23 @@ def _common(p: argparse.ArgumentParser, reference_paths: bool = True) -> None:
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
 
+def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="MINUTES",
+                   help="save each training stage's whole state this often, so a killed run resumes from it "
+                        "(default 5; 0: after every step)")
+
+
+def _checkpoint_seconds(args: argparse.Namespace) -> float:
+    from bench.checkpoint import DEFAULT_EVERY_S
+
+    minutes = getattr(args, "checkpoint_every", None)
+    if minutes is None:
+        return DEFAULT_EVERY_S
+    if not minutes >= 0:
+        raise PtmbenchError(f"--checkpoint-every: must be >= 0 minutes, got {minutes:g}")
+    return minutes * 60
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="ptmbench", description="Benchmark task-agnostic backdoors in pre-trained models.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -61,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("--out", type=Path, default=None,
                     help="with --rebuild: where to write the weights (default: the committed location)")
     _common(zb)
+    _checkpoint_flag(zb)
 
     f = sub.add_parser("finetune", help="fine-tune a PTM on a dataset and score clean accuracy and triggers")
     f.add_argument("--model", required=True, help="zoo name, PTM directory or hub id")
@@ -95,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reference-paths", action="store_true", help=REFERENCE_PATHS_HELP + " (fp32 whatever the "
                    "matrix's precision)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    _checkpoint_flag(r)
 
     an = sub.add_parser("analyze", help="analyses of PTMs")
     ansub = an.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -165,7 +184,8 @@ def _ctx(args: argparse.Namespace, seed: int = 0) -> Any:
     from bench.context import RunContext
 
     return RunContext(seed=seed, device=args.device, precision=args.precision, progress=args.progress, threads=None,
-                      reference_paths=getattr(args, "reference_paths", False))
+                      reference_paths=getattr(args, "reference_paths", False),
+                      checkpoint_every_s=_checkpoint_seconds(args))
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -316,6 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.stages import StageEnv
 
     only = parse_only(args.only or [])
+    every_s = _checkpoint_seconds(args)
     spec = load_matrix(args.matrix)
     device = args.device or spec.device
     # --reference-paths: fp32 whatever the matrix says; an explicit --precision bf16 is refused
@@ -330,13 +351,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     nodes = select(plan(spec, store, run_ctx.regime), only)
     done = lambda n: is_done(n, store, results)  # noqa: E731
     if args.dry_run:
+        from bench.checkpoint import progress
+
         for n in nodes:
             mark = "cached" if done(n) else "todo  "
-            print(f"[{mark}] {n.stage:<8} {n.label:<55} {n.key}" + (f"  <- {', '.join(n.deps)}" if n.deps else ""))
+            part = None if done(n) else progress(store.checkpoint_dir(n.key))
+            at = f"  (partial: {part['desc']} step {part['step']}/{part['steps']})" if part else ""
+            print(f"[{mark}] {n.stage:<8} {n.label:<55} {n.key}" + (f"  <- {', '.join(n.deps)}" if n.deps else "")
+                  + at)
         return 0
     executor = RayExecutor(args.address) if args.executor == "ray" else LocalExecutor(args.workers)
     env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
-                   precision=precision, progress=not args.no_progress, reference_paths=args.reference_paths)
+                   precision=precision, progress=not args.no_progress, reference_paths=args.reference_paths,
+                   checkpoint_every_s=every_s)
     store.clean_tmp()
     for n in nodes:  # report what is recomputed because it was altered or cut short
         if n.stage != "cell" and store.path(n.key).exists() and not store.is_valid(n.key):
