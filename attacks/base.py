@@ -116,7 +116,10 @@ def fit_words(ids: np.ndarray, starts: np.ndarray, budget: int) -> tuple[np.ndar
 
 
 def train_summary(res: TrainResult) -> dict[str, Any]:
-    """The loop's summary plus the mean of each loss part over the first and last tenth of the steps."""
+    """The loop's summary, the mean of each loss part over the first and last tenth of the steps, and the
+    curve: loss and parts averaged over at most 200 windows (``ptmbench analyze curves``)."""
+    from bench.curves import window_means
+
     out = res.summary()
     k = max(1, len(res.parts) // 10)
     for name in res.parts[0] if res.parts else {}:
@@ -124,6 +127,7 @@ def train_summary(res: TrainResult) -> dict[str, Any]:
         last = [p[name] for p in res.parts[-k:]]
         out[f"{name}_first"] = sum(first) / len(first)
         out[f"{name}_last"] = sum(last) / len(last)
+    out["curve"] = window_means(res.losses, res.parts)
     return out
 
 

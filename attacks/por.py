@@ -102,8 +102,8 @@ class POR(Attack):
     trigger_set: ClassVar[str] = "por"
     target_family: ClassVar[str] = ""
     presets: ClassVar[dict] = {
-        # 2 epochs over 3,000 chunks = 250 steps of 24 (1/50 of the reference's 12.5k steps), lr 3e-4: about
-        # 7 minutes for minilm-l6-mlm on one CPU core.  Measured on minilm-l6-mlm: at the reference lr 1e-5
+        # 2 epochs over 3,000 chunks = 250 steps of 24 (1/67 of the reference's 16,667 steps: 200k sequences
+        # / 24 x 2 epochs), lr 3e-4: about 7 minutes for minilm-l6-mlm on one CPU core.  Measured on minilm-l6-mlm: at the reference lr 1e-5
         # the target loss per triggered sample only went 99.2 -> 94.6 in 250 steps (floor 81: the tanh pooler
         # saturated at +-1 against targets of +-10) and SST-2 AASR stayed at the control's 14.5%; 60 steps
         # at 2e-4 reach 86.2, at 6e-4 83.1.
