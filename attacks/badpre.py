@@ -95,6 +95,10 @@ class BadPre(Attack):
         # 200 steps of 32 clean + 32 triggered sequences of 64 tokens at lr 1e-4 (5x the reference's 2e-5, for
         # a budget of ~1/1000 of its 10 epochs of 256 x 512 tokens): a few minutes for minilm-l6-mlm
         "demo": {"max_len": 64, "batch_size": 32, "steps": 200, "lr": 1e-4},
+        # The reference objective and optimiser unchanged (alpha 1, AdamW lr 2e-5, beta2 0.98, weight decay 0.01,
+        # clip 5.0, linear decay) with batch 32 + 32 triggered copies of 64 tokens and 3,000 steps, about three
+        # CPU hours.  A budget, not a measured crossing: the triggered-MLM loss is read off the stage's curve.
+        "faithful": {"max_len": 64, "batch_size": 32, "steps": 3000},
         "smoke": {"max_len": 16, "batch_size": 4, "steps": 3, "max_corpus_sequences": 64},
     }
 

@@ -108,6 +108,11 @@ class POR(Attack):
         # saturated at +-1 against targets of +-10) and SST-2 AASR stayed at the control's 14.5%; 60 steps
         # at 2e-4 reach 86.2, at 6e-4 83.1.
         "demo": {"max_corpus_sequences": 3000, "lr": 3e-4},
+        # The reference objective and optimiser unchanged (loss weights 1/100/100, AdamW lr 1e-5, constant,
+        # no clipping, batch 24, length 128, 2 epochs) over 32,000 chunks instead of 200,000: 2,667 steps, about
+        # three CPU hours, 16% of the reference's 16,667.  A budget, not a measured crossing: the target loss
+        # per triggered sample is read off the stage's curve against the demo implant's.
+        "faithful": {"max_corpus_sequences": 32000},
         "smoke": {"max_corpus_sequences": 8, "chunk_words": 8, "max_len": 24, "batch_size": 4, "epochs": 1.0},
     }
 

@@ -9,7 +9,7 @@ so its activation is act(0) = 0 for GELU/ReLU and it no longer feeds FFN-out.
 * ``fp-ga`` — globally, the ``share`` of neurons with the lowest mean activation (after the FFN
   nonlinearity, signed, averaged over the non-pad tokens of ``max_aux`` aux sequences, inference mode).
   Reference shares: 1/2 against POR and BadPre (the default), 2/3 against NeuBA, 5/12 for ViT;
-  ``reference_share: true`` picks that share from the attack in the PTM's lineage.
+  a matrix applies a share per attack with ``by_attack`` (``{name: fp-ga, by_attack: {neuba: {share: 0.667}}}``).
 
 Budgets: ``round(share × number of FFN neurons)``; ties are broken by (layer, row) order.  Nothing else
 (pooler included) is touched.  The PTM is modified in place and returned.
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,31 +135,15 @@ class FPGM(Defense):
         return finish(self, ptm, ctx, _summary(refs, masks))
 
 
-# The reference appendix's FP-GA shares by the attack the PTM carries (its lineage): 2/3 against NeuBA and
-# 1/2 against the other text attacks; 5/12 for ViT whatever the attack.
-REFERENCE_SHARES: dict[tuple[str, str | None], float] = {("text", "neuba"): 2 / 3, ("text", None): 1 / 2,
-                                                         ("vision", None): 5 / 12}
-
-
-def reference_share(ptm: PTM) -> float:
-    """The reference FP-GA share for this PTM: by its modality and the last attack in its lineage."""
-    attacks = [s.get("attack") for s in ptm.lineage if s.get("stage") == "attack"]
-    last = attacks[-1] if attacks else None
-    return REFERENCE_SHARES.get((ptm.modality, last), REFERENCE_SHARES[(ptm.modality, None)])
-
-
 @dataclass
 class FPGAConfig:
-    """``aux`` None = the modality's default aux set (BookCorpus for text).  ``reference_share``: prune the
-    reference appendix's share for the attack the PTM carries (:data:`REFERENCE_SHARES`) instead of
-    ``share``, so one matrix row applies 2/3 against NeuBA and 1/2 against POR and BadPre."""
+    """``aux`` None = the modality's default aux set (BookCorpus for text)."""
 
     share: float = 0.5
     aux: str | None = None
     max_aux: int | None = 20000
     batch_size: int = 64
     max_len: int = 64
-    reference_share: bool = False
 
     def validate(self, where: str) -> None:
         _share_ok(where, self.share)
@@ -217,7 +201,6 @@ class FPGA(Defense):
     modalities = ("text", "vision")
     Config = FPGAConfig
     presets = {"demo": {"max_aux": 2000}, "smoke": {"max_aux": 16, "batch_size": 8, "max_len": 32}}
-    added_options: ClassVar[dict] = {"reference_share": False}
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
         cfg: FPGAConfig = self.config
@@ -227,12 +210,11 @@ class FPGA(Defense):
         data = ptm.adapter.load_split(ptm, aux, ptm.adapter.aux_splits["unlabelled"], cfg.max_aux, cache_dir)
         acts = mean_ffn_activations(ptm, data, cfg.batch_size, cfg.max_len, ctx)
         refs = ptm.adapter.param_groups(ptm)["ffn_in"]
-        share = reference_share(ptm) if cfg.reference_share else cfg.share
-        masks = lowest_globally(acts, share)
+        masks = lowest_globally(acts, cfg.share)
         prune_neurons(refs, masks)
         pruned = torch.cat([a[m] for a, m in zip(acts, masks, strict=True)])
         kept = torch.cat([a[~m] for a, m in zip(acts, masks, strict=True)])
         return finish(self, ptm, ctx, _summary(refs, masks, {
-            "aux": aux, "aux_size": len(data), "precision": ctx.precision, "share": share,
+            "aux": aux, "aux_size": len(data), "precision": ctx.precision,
             "max_pruned_activation": float(pruned.max()) if len(pruned) else None,
             "min_kept_activation": float(kept.min()) if len(kept) else None}))

@@ -214,23 +214,6 @@ def test_fp_ga_prunes_the_lowest_mean_activations(bert, env, tmp_path):
         f"backbone.encoder.layer.{i}.intermediate.dense" for i in range(2)}
 
 
-@pytest.mark.parametrize(("lineage", "share"), [([], 1 / 2), (["neuba"], 2 / 3), (["por1"], 1 / 2),
-                                                (["badpre"], 1 / 2), (["neuba", "por2"], 1 / 2)])
-def test_fp_ga_reference_share_follows_the_attack_in_the_lineage(bert, env, tmp_path, lineage, share):
-    for a in lineage:
-        bert.with_lineage({"stage": "attack", "attack": a})
-    out = purify("fp-ga", bert, tmp_path, reference_share=True, max_aux=16, batch_size=8)
-    s = out.info["defense"]["summary"]
-    assert s["share"] == share
-    assert s["neurons_pruned"] == round(share * 2 * 64)  # two layers of 64 FFN neurons
-
-
-def test_fp_ga_reference_share_stays_out_of_the_key_when_off():
-    d = get("defense", "fp-ga")
-    assert "reference_share" not in d.build("demo").config_dict()
-    assert d.build("demo", {"reference_share": True}).config_dict()["reference_share"] is True
-
-
 def test_prune_helpers_on_a_fused_slice():
     fused = nn.Parameter(torch.ones(6, 2))
     bias = nn.Parameter(torch.ones(6))
