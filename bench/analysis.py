@@ -64,6 +64,23 @@ def shift_frame(label: str, shift: np.ndarray) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def selectivity(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per PTM and layer, how many FFN neurons shift by more than the largest shift of the ``reference`` PTM
+    (the clean one) in that layer: few for a selective backdoor (RECIPE's premise), many for one spread over
+    the layer.  Columns: ptm, layer, neurons, above_reference, reference_max, max_shift."""
+    if reference not in set(df["ptm"]):
+        from bench.errors import PtmbenchError
+
+        raise PtmbenchError(f"selectivity: no PTM labelled {reference!r} (labels: {', '.join(df['ptm'].unique())})")
+    ref_max = df[df["ptm"] == reference].groupby("layer")["shift"].max()
+    rows = []
+    for (label, layer), g in df.groupby(["ptm", "layer"], sort=False):
+        rows.append({"ptm": label, "layer": int(layer), "neurons": len(g),
+                     "above_reference": int((g["shift"] > ref_max[layer]).sum()),
+                     "reference_max": float(ref_max[layer]), "max_shift": float(g["shift"].max())})
+    return pd.DataFrame(rows)
+
+
 def plot_shifts(df: pd.DataFrame, out: Path, title: str = "") -> list[Path]:
     import matplotlib
 
