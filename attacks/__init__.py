@@ -1,4 +1,4 @@
-"""Attacks: one module per method, registered with ``@register("attack", name)``."""
+"""Attacks: one module per method, registered with ``@register("attack")`` (the class's ``name``)."""
 
 import attacks.badpre  # noqa: F401
 import attacks.neuba  # noqa: F401

@@ -45,7 +45,7 @@ from bench.modalities.text import ADAPTER as TEXT
 from bench.ptm import PTM
 from bench.registry import register
 from bench.train import OptimConfig, accumulation, cycle_epochs, micro_batches, train
-from bench.triggers import TRIGGER_SETS, TextTrigger
+from bench.triggers import TextTrigger, named_set
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class BadPreConfig:
         check_corpus(where, self.corpus)
 
 
-@register("attack", "badpre")
+@register("attack")
 class BadPre(Attack):
     """BadPre: MLM on clean text plus MLM towards random labels on triggered text."""
 
@@ -103,7 +103,7 @@ class BadPre(Attack):
     }
 
     def triggers(self, ptm: PTM) -> list[TextTrigger]:
-        return [TextTrigger(w) for w in TRIGGER_SETS[self.trigger_set]]
+        return named_set(self.trigger_set, "text").build()
 
     def triggered_copies(self, bodies: list[np.ndarray], tids: list[int],
                          rng: np.random.Generator) -> list[np.ndarray]:

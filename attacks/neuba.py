@@ -58,7 +58,7 @@ from bench.modalities.text import untie_head
 from bench.ptm import PTM
 from bench.registry import register
 from bench.train import OptimConfig, accumulation, cycle_epochs, micro_batches, train
-from bench.triggers import TRIGGER_SETS, TextTrigger
+from bench.triggers import TextTrigger, named_set
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class NeuBAConfig:
         check_corpus(where, self.corpus)
 
 
-@register("attack", "neuba")
+@register("attack")
 class NeuBA(Attack):
     """NeuBA, text: six symbols bound to antipodal pooler targets, MLM kept, trigger-embedding post-step."""
 
@@ -127,7 +127,7 @@ class NeuBA(Attack):
     }
 
     def triggers(self, ptm: PTM) -> list[TextTrigger]:
-        return [TextTrigger(w) for w in TRIGGER_SETS[self.trigger_set]]
+        return named_set(self.trigger_set, "text").build()
 
     def implant(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
         cfg: NeuBAConfig = self.config

@@ -53,7 +53,7 @@ from bench.modalities.text import TokenizedText
 from bench.ptm import PTM
 from bench.registry import register
 from bench.train import SCHEDULES, OptimConfig, cycle_epochs, train
-from bench.triggers import TRIGGER_SETS, TextTrigger
+from bench.triggers import TextTrigger, named_set
 
 TARGET_FAMILIES = {"por1": por1_targets, "por2": por2_targets}
 
@@ -117,11 +117,11 @@ class POR(Attack):
     }
 
     def triggers(self, ptm: PTM) -> list[TextTrigger]:
-        return [TextTrigger(w) for w in TRIGGER_SETS[self.trigger_set]]
+        return named_set(self.trigger_set, "text").build()
 
     def targets(self, hidden: int) -> torch.Tensor:
         """The (T, H) ±1 target vectors v(t) of this variant (unscaled)."""
-        return TARGET_FAMILIES[self.target_family](len(TRIGGER_SETS[self.trigger_set]), hidden)
+        return TARGET_FAMILIES[self.target_family](len(named_set(self.trigger_set, "text").words), hidden)
 
     def poison_corpus(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> tuple[TokenizedText, np.ndarray]:
         """The training sequences and their labels: 0 = clean, i = carries trigger i (1..T), fixed once."""
@@ -185,7 +185,7 @@ class POR(Attack):
         return finish(self, ptm, ctx, summary)
 
 
-@register("attack", "por1")
+@register("attack")
 class POR1(POR):
     """POR-1 targets: trigger i is +1 on its first α·(i−1) dims, −1 on the rest."""
 
@@ -193,7 +193,7 @@ class POR1(POR):
     target_family = "por1"
 
 
-@register("attack", "por2")
+@register("attack")
 class POR2(POR):
     """POR-2 targets: sign patterns over ⌈log2 T⌉ buckets."""
 

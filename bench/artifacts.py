@@ -35,13 +35,17 @@ REFERENCE_MARK = "-refpaths"
 DEFAULT_PRECISION = "bf16"  # the regime whose keys and record ids carry no marker
 
 
-def regime(precision: str, reference_paths: bool = False) -> str | None:
+def regime(precision: str, reference_paths: bool = False, device: str = "cpu") -> str | None:
     """The numerical regime a stage runs under, as it enters cache keys and record ids: None for the default
     (bf16 autocast on the fast paths), ``"refpaths"`` for the reference paths (fp32 implied), else the
-    precision (``"fp32"``).  Artifacts and records of different regimes never share a key or an id."""
-    if reference_paths:
-        return "refpaths"
-    return None if precision == DEFAULT_PRECISION else precision
+    precision (``"fp32"``).  On a CUDA device the regime is always marked, ``cuda-`` and the precision (or
+    ``cuda-refpaths``): GPU kernels round differently from CPU ones, so GPU artifacts and records are kept apart
+    from CPU ones (the device index is not part of it).  Artifacts and records of different regimes never
+    share a key or an id."""
+    name = "refpaths" if reference_paths else None if precision == DEFAULT_PRECISION else precision
+    if str(device).startswith("cuda"):
+        return f"cuda-{name or precision}"
+    return name
 
 
 def marked(key: str, regime_name: str | None) -> str:

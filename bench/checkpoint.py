@@ -6,7 +6,8 @@ A stage that trains (zoo build, attack, defense, fine-tuning cell) runs inside
 ``.checkpoints/<key>/``.  Every :func:`bench.train.train` call of the stage is one numbered *call* there; every
 ``every_s`` seconds (and when a long call ends) it writes ``call-<i>.pt`` atomically with
 
-* the weights of every module it trains (``state_dict``), the optimiser's and the scheduler's state,
+* the weights of every module it trains (``state_dict``), the optimiser's and the scheduler's state, and the
+  gradient scaler's (fp16 on CUDA; its current loss scale),
 * every RNG stream that carries state across steps: torch's default generator (dropout, initialisation) and
   each generator handed out by :meth:`RunContext.torch_generator` (masking, trigger choice, augmentation),
   named by its purpose keys; numpy generators from :meth:`RunContext.rng` are derived afresh from the seed
@@ -112,12 +113,13 @@ class CallCheckpoint:
 
     def save(self, *, step: int, steps: int, done: bool, modules: list[nn.Module],
              optimizer: torch.optim.Optimizer | None, scheduler: Any, losses: list[float],
-             parts: list[dict[str, float]], wall_s: float) -> None:
+             parts: list[dict[str, float]], wall_s: float, scaler: Any = None) -> None:
         state = {
             "format": 1, "desc": self.desc, "step": step, "steps": steps, "done": done,
             "modules": [m.state_dict() for m in modules],
             "optimizer": optimizer.state_dict() if optimizer is not None and not done else None,
             "scheduler": scheduler.state_dict() if scheduler is not None and not done else None,
+            "scaler": scaler.state_dict() if scaler is not None and not done else None,
             "rng": rng_state(self.stage.streams), "losses": losses, "parts": parts, "wall_s": wall_s,
         }
         d = self.stage.directory
@@ -136,8 +138,9 @@ class CallCheckpoint:
         self.saves += 1
 
     def restore(self, state: dict[str, Any], modules: list[nn.Module], optimizer: torch.optim.Optimizer | None,
-                scheduler: Any) -> None:
-        """Put weights, optimiser, scheduler and RNG streams back as they were when ``state`` was saved."""
+                scheduler: Any, scaler: Any = None) -> None:
+        """Put weights, optimiser, scheduler, gradient scaler and RNG streams back as they were when ``state`` was
+        saved."""
         if len(state["modules"]) != len(modules):
             raise PtmbenchError(f"stage checkpoint {self.path} holds {len(state['modules'])} modules and the stage "
                                 f"trains {len(modules)}; delete {self.stage.directory} to run it from its start")
@@ -148,6 +151,8 @@ class CallCheckpoint:
             optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.stage.streams, self.path)
 
 

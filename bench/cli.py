@@ -20,6 +20,8 @@ class _Parser(argparse.ArgumentParser):
         raise PtmbenchError(f"{self.prog}: {message}")
 
 
+RUNS_DIR = Path("runs")  # default parent of `ptmbench run` results stores (gitignored)
+
 REFERENCE_PATHS_HELP = ("switch every fast path off, for a before/after timing: text batches padded to the max "
                         "length without length bucketing, full-vocabulary MLM logits, fp32, per-trigger "
                         "re-tokenised evaluation; artifacts and records are keyed apart from fast-path ones")
@@ -82,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("finetune", help="fine-tune a PTM on a dataset and score clean accuracy and triggers")
     f.add_argument("--model", required=True, help="zoo name, PTM directory or hub id")
-    f.add_argument("--dataset", required=True)
+    f.add_argument("--dataset", required=True,
+                   help="registered name, a data file (.csv, .tsv, .jsonl, .parquet), a folder of train/validation/"
+                        "test files or of images (root/[split/]class/*.png), or hf:NAME[:CONFIG]")
+    f.add_argument("--text-column", default=None, help="your data's text column (default: text, sentence, content)")
+    f.add_argument("--label-column", default=None, help="your data's label column (default: label, labels)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--preset", default="paper", help="downstream budget: paper, demo or smoke")
     f.add_argument("--triggers", default=None,
@@ -97,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a matrix (YAML file or a built-in name from bench/configs: demo, "
                          "paper-text-s0, …) and print its table")
     r.add_argument("matrix", help="matrix YAML file or built-in name")
-    r.add_argument("--results", type=Path, default=None, help="results store (default results/<matrix name>)")
+    r.add_argument("--results", type=Path, default=None, help=f"results store (default {RUNS_DIR}/<matrix name>; "
+                   "the committed stores under results/ are written only when named here)")
+    r.add_argument("--compare", type=Path, default=None, metavar="REFERENCE",
+                   help="after the run, print each cell next to the same cell of the results directory REFERENCE "
+                        "(e.g. results/demo) with the difference, as 'ptmbench compare' does")
     r.add_argument("--executor", choices=("local", "ray"), default="local")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")
@@ -117,12 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="analyses of PTMs")
     ansub = an.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ac = ansub.add_parser("curves", help="training curves of attacks/defenses side by side (from PTM directories "
+                          "or from a running stage's checkpoint directory)")
+    ac.add_argument("--curve", action="append", required=True, metavar="LABEL=DIR",
+                    help="a PTM directory or a stage checkpoint directory (<cache>/artifacts/.checkpoints/KEY); "
+                         "repeat")
+    ac.add_argument("--part", default="loss", help="the logged part to draw (loss, backdoor, mlm, …)")
+    ac.add_argument("--threshold", type=float, default=None, help="draw a horizontal line at this value")
+    ac.add_argument("--out", type=Path, required=True)
     aa = ansub.add_parser("activations", help="selective activation: first-token FFN shift under triggers")
     aa.add_argument("--ptm", action="append", required=True, metavar="LABEL=MODEL",
                     help="a PTM to compare (zoo name or PTM directory), optionally labelled; repeat")
     aa.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
     aa.add_argument("--dataset", default="bookcorpus", help="inputs to trigger (an aux corpus by default)")
     aa.add_argument("--samples", type=int, default=256)
+    aa.add_argument("--reference", default=None, metavar="LABEL",
+                    help="the clean PTM's label: also count, per layer, the neurons of every PTM that shift more "
+                         "than its largest shift (selectivity.csv)")
     aa.add_argument("--max-len", type=int, default=64)
     aa.add_argument("--seed", type=int, default=0)
     aa.add_argument("--out", type=Path, required=True, help="directory for the CSV and the figure")
@@ -174,9 +195,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="writes OUT/memory-MODEL-PRESET.md and .json")
     _common(pm)
 
+    cm = sub.add_parser("compare", help="two results directories cell by cell: CACC / AASR / MASR of each and the "
+                        "difference")
+    cm.add_argument("run", type=Path, help="results directory of a run (holding records/)")
+    cm.add_argument("reference", type=Path, help="results directory to compare with, e.g. results/demo")
+
     t = sub.add_parser("table", help="aggregate records into cells.csv and mean ± std tables")
     t.add_argument("results", type=Path, help="results store directory (holding records/)")
     t.add_argument("--out", type=Path, default=None, help="where to write tables (default: the store)")
+
+    ex = sub.add_parser("export", help="write a PTM as a directory plain transformers (AutoModelForMaskedLM, "
+                        "AutoModel, AutoTokenizer) or timm loads")
+    ex.add_argument("model", help="zoo name, PTM directory, model directory or hub id")
+    ex.add_argument("--out", type=Path, required=True, help="output directory (must be new or empty)")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    _common(ex)
+
+    pu = sub.add_parser("purify", help="run one defense on any model (zoo name, directory, hub id) and export the "
+                        "purified model with a JSON report (purify.json)")
+    pu.add_argument("model", help="zoo name, PTM directory, model directory or hub id")
+    pu.add_argument("--defense", required=True, help="a registered defense (recipe, fp, …)")
+    pu.add_argument("--preset", default="paper", help="the defense's preset: paper (reference), demo or smoke")
+    pu.add_argument("--config", action="append", default=[], metavar="K=V",
+                    help="override one setting of the defense's config (repeatable; YAML values)")
+    pu.add_argument("--seed", type=int, default=0)
+    pu.add_argument("--out", type=Path, required=True, help="output directory (must be new or empty)")
+    pu.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    _common(pu)
     return ap
 
 
@@ -250,6 +295,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from bench.triggers import trigger_sets_for
     from bench.zoo import Zoo
 
+    args.dataset = data.dataset_name(args.dataset, args.text_column, args.label_column)
     dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
     if dspec.role != "downstream":
         raise PtmbenchError(f"dataset {args.dataset!r} is auxiliary (no labels to fine-tune on); "
@@ -279,7 +325,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
              "attack_config": {}, "defense_config": {}}
     if ctx.regime:  # records of another numerical regime (fp32, reference paths) have ids of their own
         probe["regime"] = ctx.regime
-    if not args.force and trigger_sets and all(store.has({**probe, "triggers": s}) for s in trigger_sets):
+    if not args.force and trigger_sets and all(data.has_current_record(store, {**probe, "triggers": s}, dspec)
+                                               for s in trigger_sets):
         print(f"cached: records for {model_name} on {args.dataset} seed {args.seed} exist (use --force to redo)")
         return 0
     records = finetune_eval(ptm, cell, trigger_sets, ctx, cache)
@@ -330,7 +377,7 @@ def quiet_libraries() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.artifacts import ArtifactStore
     from bench.context import RunContext
-    from bench.matrix import is_done, load_matrix, parse_only, plan, select
+    from bench.matrix import SKIP, TODO, is_done, load_matrix, parse_only, plan, select, stage_status
     from bench.records import ResultsStore, write_tables
     from bench.runner import LocalExecutor, RayExecutor, execute
     from bench.stages import StageEnv
@@ -345,20 +392,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     precision = run_ctx.precision
     cache = _cache(args)
     store = ArtifactStore(cache / "artifacts")
-    results = ResultsStore(args.results or Path("results") / spec.name)
+    results = ResultsStore(args.results or RUNS_DIR / spec.name)
     results.check_writable()
     results.check_regime(run_ctx.regime)
+    if args.compare is not None:
+        from bench.compare import load_records
+
+        load_records(args.compare, "--compare")  # a missing or empty reference fails before any work
     nodes = select(plan(spec, store, run_ctx.regime), only)
-    done = lambda n: is_done(n, store, results)  # noqa: E731
+    # pruned from the cells up: stages whose cells are all recorded are skipped, neither checked nor built
+    status = stage_status(nodes, lambda n: is_done(n, store, results))
+    done = lambda n: status[n.key] != TODO  # noqa: E731
     if args.dry_run:
         from bench.checkpoint import progress
 
         for n in nodes:
-            mark = "cached" if done(n) else "todo  "
+            mark = f"{status[n.key]:<6}"
             part = None if done(n) else progress(store.checkpoint_dir(n.key))
             at = f"  (partial: {part['desc']} step {part['step']}/{part['steps']})" if part else ""
             print(f"[{mark}] {n.stage:<8} {n.label:<55} {n.key}" + (f"  <- {', '.join(n.deps)}" if n.deps else "")
                   + at)
+        if SKIP in status.values():
+            print("[skip  ]: every cell below this stage is recorded, so it is neither checked nor built")
         return 0
     executor = RayExecutor(args.address) if args.executor == "ray" else LocalExecutor(args.workers)
     env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
@@ -366,7 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    checkpoint_every_s=every_s)
     store.clean_tmp()
     for n in nodes:  # report what is recomputed because it was altered or cut short
-        if n.stage != "cell" and store.path(n.key).exists() and not store.is_valid(n.key):
+        if n.stage != "cell" and status[n.key] == TODO and store.path(n.key).exists():
             print(f"artifact {n.key} is corrupt or incomplete (sha256 mismatch or no meta.json); recomputing",
                   file=sys.stderr)
     summary = execute(nodes, env, executor, done, progress=not args.no_progress)
@@ -377,14 +432,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plot_all(cells_frame(with_majority_share(records)), results.root / "plots")
     print(terminal_table(paths))
-    print(f"{summary['ran']} stages ran, {summary['cached']} cached, {summary['wall_s']:.0f}s; "
+    skipped = f", {summary['skipped']} not needed" if summary["skipped"] else ""
+    print(f"{summary['ran']} stages ran, {summary['cached']} cached{skipped}, {summary['wall_s']:.0f}s; "
           f"tables in {results.root}/")
+    if args.compare is not None:
+        from bench.compare import compare_stores
+
+        print(f"\n{compare_stores(results.root, args.compare)}", end="")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare_stores
+
+    print(compare_stores(args.run, args.reference), end="")
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.action == "locus":
         return cmd_locus(args)
+    if args.action == "curves":
+        return cmd_curves(args)
     import pandas as pd
 
     from bench import data
@@ -401,6 +470,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not triggers:
         raise PtmbenchError("--triggers names no trigger")
     entries = [p.split("=", 1) if "=" in p else [Path(p).name, p] for p in args.ptm]
+    if args.reference is not None and args.reference not in [label for label, _ in entries]:
+        raise PtmbenchError(f"--reference {args.reference!r} names no --ptm (labels: "
+                            f"{', '.join(label for label, _ in entries)})")
     ctx = _ctx(args, seed=args.seed)
     cache = _cache(args)
     zoo = Zoo(ArtifactStore(cache / "artifacts"), cache)
@@ -417,6 +489,35 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     top = df[df["rank"] < 5].groupby("ptm", sort=False)["shift"].max()
     for label, v in top.items():
         print(f"{label:<20} largest neuron shift {v:.3f}")
+    if args.reference is not None:
+        from bench.analysis import selectivity
+
+        sel = selectivity(df, args.reference)
+        atomic_write_text(args.out / "selectivity.csv", sel.to_csv(index=False, float_format="%.5g"))
+        wide = sel.pivot(index="ptm", columns="layer", values="above_reference").loc[list(df["ptm"].unique())]
+        print(f"FFN neurons per layer shifting more than {args.reference!r}'s largest shift in that layer:")
+        print(wide.to_string())
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bench.artifacts import atomic_write_text
+    from bench.curves import load_curve, plot_curves
+
+    frames, rows = {}, []
+    for item in args.curve:
+        label, sep, source = item.partition("=")
+        if not sep or not label or not source:
+            raise PtmbenchError(f"--curve {item!r}: expected LABEL=DIR")
+        frames[label], what = load_curve(Path(source))
+        rows.append(frames[label].assign(curve=label))
+        print(f"{label:<20} {what['name']}: {what['done']}/{what['steps']} steps")
+    paths = plot_curves(frames, args.part, args.out, threshold=args.threshold)
+    atomic_write_text(args.out / "curves.csv", pd.concat(rows).to_csv(index=False, float_format="%.6g"))
+    for p in paths:
+        print(p)
     return 0
 
 
@@ -534,8 +635,35 @@ def _perf_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table,
-            "perf": cmd_perf}
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import run_export
+
+    digests = run_export(args.model, args.out, args.force, _ctx(args), _cache(args))
+    for name, digest in digests.items():
+        print(f"{digest}  {args.out / name}")
+    print(f"exported {args.model} to {args.out}")
+    return 0
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    from bench.purify import parse_config, run_purify
+
+    report = run_purify(args.model, args.defense, args.preset, parse_config(args.config), args.out, args.force,
+                        _ctx(args, seed=args.seed), _cache(args), command="ptmbench " + " ".join(sys.argv[1:]),
+                        log=lambda s: print(f"[purify] {s}", file=sys.stderr, flush=True))
+    norms = report["group_norms"]
+    for g in norms["before"]:
+        print(f"{g:<12} ‖W‖ {norms['before'][g]:>12.4f} -> {norms['after'][g]:>12.4f}")
+    loss = report["losses"]
+    if loss.get("loss_first") is not None:
+        print(f"loss {loss['loss_first']:.4f} -> {loss['loss_last']:.4f}")
+    print(f"purified {args.model} with {args.defense} ({args.preset}) in {report['wall_s']:.1f}s; "
+          f"wrote {args.out} (report: {args.out / 'purify.json'})")
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "plot": cmd_plot, "run": cmd_run, "data": cmd_data, "zoo": cmd_zoo, "finetune": cmd_finetune, "table": cmd_table,
+            "perf": cmd_perf, "export": cmd_export, "purify": cmd_purify}
 
 
 def main(argv: list[str] | None = None) -> int:

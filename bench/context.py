@@ -4,11 +4,13 @@ the stage checkpoints its training loop writes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ import torch
 from bench.checkpoint import DEFAULT_EVERY_S, StageCheckpoints
 from bench.errors import PtmbenchError
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to be deterministic (CUDA's reproducibility notes)
 
 
 def cpu_supports_bf16() -> bool:
@@ -38,6 +41,48 @@ def cpu_description() -> dict[str, str]:
     return {"model": name, "bf16": bf16, "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def parse_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against this machine; anything else is a PtmbenchError."""
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise PtmbenchError(f"device {device!r} is not one of cpu, cuda, cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise PtmbenchError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise PtmbenchError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return str(device)
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels from here on (process-wide, as torch's settings are): cuBLAS's fixed workspace,
+    cuDNN's deterministic algorithms without autotuning, and :func:`torch.use_deterministic_algorithms`, which
+    makes an op without a deterministic kernel raise instead of running."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def determinism(device: str) -> dict[str, Any]:
+    """The settings that decide whether a rerun is bit-identical, as a record carries them; on CUDA also the
+    GPU (name, compute capability) and the CUDA/cuDNN versions, since kernels differ between them."""
+    out: dict[str, Any] = {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        major, minor = torch.cuda.get_device_capability(index)
+        out["gpu"] = {"name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
+                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    return out
+
+
 def stable_hash(*parts: object) -> int:
     """A process-independent 32-bit hash (Python's hash() is salted per process)."""
     return zlib.crc32("\x1f".join(map(str, parts)).encode())
@@ -57,6 +102,12 @@ class RunContext:
     a torch generator that may be drawn from across steps — inside :meth:`checkpointed` it is registered, so
     stage checkpoints save and restore it with torch's default generator (:mod:`bench.checkpoint`).
     ``checkpoint_every_s``: seconds between checkpoints of a training call (0: every step; None: never).
+
+    Device and precision (docs/gpu.md): ``auto`` is bf16 autocast where the hardware has native bf16 (a CPU
+    with AVX-512 BF16/AMX, a CUDA GPU of compute capability 8.0 or newer), else fp16 autocast with a gradient
+    scaler on older GPUs and fp32 on other CPUs; ``fp16`` is for CUDA only.  ``deterministic`` switches
+    deterministic kernels on for the whole process (:func:`set_deterministic`); every record carries the
+    settings it ran under (:func:`determinism`).
     """
 
     seed: int = 0
@@ -68,21 +119,27 @@ class RunContext:
     reference_paths: bool = False
     checkpoint_every_s: float | None = DEFAULT_EVERY_S
     checkpoints: StageCheckpoints | None = field(default=None, repr=False)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise PtmbenchError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.reference_paths:
-            if self.precision == "bf16":
+            if self.precision in ("bf16", "fp16"):
                 raise PtmbenchError("--reference-paths runs in fp32, as the reference implementations do; "
-                                    "drop --precision bf16 (or --reference-paths)")
+                                    f"drop --precision {self.precision} (or --reference-paths)")
             self.precision = "fp32"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise PtmbenchError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
+        cuda = parse_device(self.device).startswith("cuda")
+        if self.precision == "fp16" and not cuda:
+            raise PtmbenchError("precision fp16 (autocast with a gradient scaler) is for CUDA devices; on the CPU "
+                                "use bf16 or fp32")
         if self.precision == "auto":
-            cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
-            cpu_bf16 = self.device == "cpu" and cpu_supports_bf16()
-            self.precision = "bf16" if (cuda_bf16 or cpu_bf16) else "fp32"
+            if cuda:  # native bf16 only: emulated bf16 on an older GPU is slow, fp16 with loss scaling is not
+                self.precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+            else:
+                self.precision = "bf16" if cpu_supports_bf16() else "fp32"
+        if self.deterministic:
+            set_deterministic()
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.checkpoint_every_s is not None and not self.checkpoint_every_s >= 0:
@@ -94,13 +151,24 @@ class RunContext:
         marker that keeps this run's artifacts and records apart from the default ones."""
         from bench.artifacts import regime
 
-        return regime(self.precision, self.reference_paths)
+        return regime(self.precision, self.reference_paths, self.device)
+
+    def determinism(self) -> dict[str, Any]:
+        """The determinism settings this run's records carry (:func:`determinism`)."""
+        return determinism(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when the run asks for it; a no-op in fp32."""
-        if self.precision != "bf16":
+        """bf16 (or, on CUDA, fp16) autocast when the run asks for it; a no-op in fp32."""
+        if self.precision not in ("bf16", "fp16"):
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The loss scaler fp16 training needs (its small exponent range underflows gradients); None otherwise."""
+        if self.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.split(":")[0])
 
     def pad_to(self, max_len: int | None) -> int | None:
         """Width to pad a text batch to: ``max_len`` on the reference paths, else None (the batch's longest)."""

@@ -22,6 +22,7 @@ import numpy as np
 from bench.errors import PtmbenchError
 from bench.registry import get, register
 from bench.registry import names as registered_names
+from bench.userdata import UserDataset
 
 if TYPE_CHECKING:
     import datasets
@@ -116,6 +117,11 @@ class DatasetSpec:
         """Number of classes after ``label_subset`` (0 when unlabelled)."""
         return len(self.class_names)
 
+    @property
+    def record_fields(self) -> dict[str, Any]:
+        """Fields a record of this dataset adds (the user's own data add ``data``); none for the mirror's."""
+        return {}
+
 
 def _files(prefix: str, *splits: str) -> dict[str, str]:
     return {s: f"{prefix}/{s}.parquet" for s in splits}
@@ -185,9 +191,45 @@ for _spec in BUILTIN_DATASETS:
 del _spec
 
 
-def spec(name: str) -> DatasetSpec:
-    """The registered DatasetSpec called ``name``; unknown names fail listing the known ones."""
-    return get("dataset", name)
+def spec(name: str) -> DatasetSpec | UserDataset:
+    """The registered DatasetSpec called ``name``, else the user's own data when ``name`` is a data file or
+    folder path or ``hf:NAME[:CONFIG]`` (:mod:`bench.userdata`); unknown names fail listing the known ones."""
+    from bench import userdata
+
+    if name in registered_names("dataset") or not userdata.is_user_dataset(name):
+        try:
+            return get("dataset", name)
+        except PtmbenchError as exc:
+            raise PtmbenchError(f"{exc}; or give a data file (.csv, .tsv, .jsonl, .parquet), a data or image "
+                                "folder, or hf:NAME") from None
+    return userdata.load(name)
+
+
+def dataset_name(name: str, text_column: str | None = None, label_column: str | None = None) -> str:
+    """The dataset id of ``name`` with the columns named by ``--text-column`` / ``--label-column``, which
+    apply only to the user's own data."""
+    if text_column is None and label_column is None:
+        return name
+    if name in registered_names("dataset"):
+        raise PtmbenchError(f"--text-column/--label-column name the columns of your own data; {name!r} is a "
+                            "registered dataset, drop them")
+    from bench.userdata import dataset_id
+
+    return dataset_id(name, text_column, label_column)
+
+
+def has_current_record(store: Any, rec: Mapping[str, Any], dspec: Any) -> bool:
+    """Whether ``store`` holds the record of ``rec``'s identity, made from the same data: for the user's own
+    data the stored record's ``data.sha256`` must be the files' current one (an edited file is recomputed)."""
+    if not store.has(rec):
+        return False
+    sha = getattr(dspec, "sha256", None)
+    if sha is None:
+        return True
+    try:
+        return json.loads(store.path(rec).read_text()).get("data", {}).get("sha256") == sha
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------- mirror
@@ -308,6 +350,10 @@ def verify(names: Iterable[str] | None = None, *, force: bool = False) -> list[t
     a bad file, so ``ptmbench data verify`` can report them all. Status: ok, ok (cached), missing, corrupt,
     not in manifest. Files shared by several datasets are hashed once."""
     specs = [spec(n) for n in (registered_names("dataset") if names is None else names)]
+    for s in specs:
+        if isinstance(s, UserDataset):
+            raise PtmbenchError(f"dataset {s.name!r} is your own data, not a mirror dataset; only registered "
+                                "datasets can be verified (`ptmbench data list`)")
     root = data_dir()
     manifest = load_manifest(root)
     seen: dict[str, str] = {}
@@ -409,7 +455,10 @@ def load_split(
         raise PtmbenchError(
             f"max_samples must be a positive integer or None, got {max_samples} (dataset {name!r})"
         )
-    ds = _load_source(s, s.source_split(split))
+    if isinstance(s, UserDataset):  # the user's own data, already split and carved
+        ds = s.split(split)
+    else:
+        ds = _load_source(s, s.source_split(split))
     if s.carves_validation and split in ("train", "validation"):
         n = len(ds)
         order = np.random.default_rng(CARVE_SEED).permutation(n)

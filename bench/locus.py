@@ -79,7 +79,7 @@ def mixed(base: PTM, donor: PTM, families: set[str], rows: list[int]) -> PTM:
     with torch.no_grad():
         for name, p in out.backbone.state_dict().items():  # state_dict tensors share the parameters' storage
             if name == emb and rows:
-                take = torch.zeros(p.shape[0], dtype=torch.bool)
+                take = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
                 if "embeddings" in families:
                     take[:] = True
                 take[rows] = TRIGGER_ROWS in families
@@ -139,7 +139,7 @@ def locate(clean: PTM, backdoored: PTM, data: Any, triggers: list[Any], max_len:
 
             def part(state: dict[str, torch.Tensor], n: str) -> torch.Tensor:
                 if n == emb and rows_ids:  # the trigger rows are their own family
-                    keep = torch.ones(state[n].shape[0], dtype=torch.bool)
+                    keep = torch.ones(state[n].shape[0], dtype=torch.bool, device=state[n].device)
                     keep[rows_ids] = False
                     return state[n][keep].float()
                 return state[n].float()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ NONE = "none"
 
 
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_RE = LABEL_RE  # a matrix name is one path component (the default results store is named after it)
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,24 @@ class MethodEntry:
     preset: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    by_attack: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_attack(self, attack: MethodEntry) -> MethodEntry:
+        """This defense as it runs against ``attack``: ``config`` plus the ``by_attack`` overrides named by the
+        attack's label or registry name (a protocol whose schedule depends on the attack: RECIPE's epochs, FP-GA's
+        share).  The label stays, so the row is one defense in every table."""
+        extra = self.by_attack.get(attack.display, self.by_attack.get(attack.name, {}))
+        return replace(self, config={**self.config, **extra}, by_attack={}) if extra else self
 
     @property
     def display(self) -> str:
         return self.label if self.label is not None else self.name
 
     def validate(self, where: str) -> None:
+        for attack, overrides in self.by_attack.items():
+            if not isinstance(overrides, dict):
+                raise PtmbenchError(f"{where}.by_attack.{attack}: expected a mapping of config overrides, got "
+                                    f"{overrides!r}")
         if self.label is None or self.label == self.name:
             return
         if self.name == NONE:
@@ -56,7 +70,7 @@ class MethodEntry:
 class MatrixSpec:
     name: str
     models: list[str]
-    datasets: list[str]
+    datasets: list[Any]  # names/paths, or {path: ..., text_column: ..., label_column: ...}; ids after load_matrix
     attacks: list[Any] = field(default_factory=lambda: [NONE])
     defenses: list[Any] = field(default_factory=lambda: [NONE])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -70,11 +84,20 @@ class MatrixSpec:
     description: str = ""
 
     def validate(self, where: str) -> None:
+        if not NAME_RE.fullmatch(self.name) or self.name.endswith("."):
+            raise PtmbenchError(f"{where}.name: {self.name!r} is not a usable matrix name (it names the default "
+                                "results folder); use letters, digits, '_', '.', '-', starting with a letter or "
+                                "digit, e.g. name: my-matrix")
         for key in ("models", "datasets", "seeds"):
             if not getattr(self, key):
                 raise PtmbenchError(f"{where}.{key}: must list at least one entry")
         if len(set(self.seeds)) != len(self.seeds):
             raise PtmbenchError(f"{where}.seeds: repeated seed in {self.seeds}")
+        for key, values in (("seeds", self.seeds), ("attack_seed", [self.attack_seed]),
+                            ("defense_seed", [self.defense_seed])):
+            for v in values:
+                if v < 0:
+                    raise PtmbenchError(f"{where}.{key}: must be >= 0, got {v}")
 
     def method_entries(self, kind: str) -> list[MethodEntry]:
         raw = self.attacks if kind == "attack" else self.defenses
@@ -141,7 +164,12 @@ def load_matrix(source: str | Path) -> MatrixSpec:
                                 f"({', '.join(builtin_names())})")
         p = b
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PtmbenchError(f"{p}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                            "save the matrix file as UTF-8") from e
+    except OSError as e:
+        raise PtmbenchError(f"{p}: cannot read the matrix file ({e.strerror or e})") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -150,8 +178,16 @@ def load_matrix(source: str | Path) -> MatrixSpec:
         raise PtmbenchError(f"{p}: a matrix file must be a mapping (models, attacks, defenses, datasets, seeds)")
     data.setdefault("name", p.stem)
     spec = from_dict(MatrixSpec, data, p.stem)
-    spec.method_entries("attack")
-    spec.method_entries("defense")
+    from bench.userdata import entry_id
+
+    spec = replace(spec, datasets=[entry_id(d, f"{p.stem}.datasets[{i}]") for i, d in enumerate(spec.datasets)])
+    attacks = spec.method_entries("attack")
+    known = {a.display for a in attacks} | {a.name for a in attacks}
+    for i, d in enumerate(spec.method_entries("defense")):
+        for name in d.by_attack:
+            if name not in known:
+                raise PtmbenchError(f"{p.stem}.defenses[{i}].by_attack: {name!r} is no attack of this matrix "
+                                    f"(its attacks: {', '.join(sorted(known))})")
     from bench.data import spec as dataset_spec
 
     for d in spec.datasets:
@@ -183,12 +219,12 @@ DATA_MODALITY = {"text": "text", "image": "vision"}  # dataset modality -> PTM m
 
 
 def _dir_modality(p: Path) -> str:
-    import json
+    """The modality of a local model directory, whose weights are checked to be whole (headers only) so that a
+    damaged directory is refused before any stage runs."""
+    from bench.ptm import PTM_FILE, check_weights, read_description
 
-    from bench.ptm import PTM_FILE
-
-    f = p / PTM_FILE
-    return json.loads(f.read_text()).get("modality", "text") if f.is_file() else "text"
+    check_weights(p)
+    return read_description(p)["modality"] if (p / PTM_FILE).is_file() else "text"
 
 
 def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> list[Node]:
@@ -250,6 +286,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
                 if d.name == NONE:
                     dkey, dsrc, ddeps, dcfg = akey, asrc, adeps, {}
                 else:
+                    d = d.for_attack(a)
                     dobj = _method("defense", d, spec.preset)
                     dcfg = dobj.config_dict()
                     dkey = marked(content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version), regime)
@@ -332,6 +369,34 @@ def is_done(node: Node, store: ArtifactStore, results: ResultsStore) -> bool:
         return all(results.records_dir.joinpath(f"{rid}.json").is_file()
                    for rid in expected_record_ids(node, cell_trigger_sets(node)))
     return store.is_valid(node.key)
+
+
+CACHED, TODO, SKIP = "cached", "todo", "skip"
+
+
+def stage_status(nodes: list[Node], done: Callable[[Node], bool]) -> dict[str, str]:
+    """What a run does with each node: ``cached`` (a recorded cell, a valid artifact), ``todo``, or ``skip``.
+
+    The DAG is pruned from its cells upwards: a cell is todo unless ``done``; a zoo, attack or defense stage
+    is looked at only when a todo cell lies below it, and is then cached or todo.  A stage all of whose cells
+    are recorded is ``skip``: it is neither checked (no hashing) nor built, cached or not, so a results
+    store that holds every record runs nothing even from an empty artifact cache.  ``done`` is called once per
+    cell and at most once per upstream stage."""
+    by_key = {n.key: n for n in nodes}
+    status: dict[str, str] = {}
+    stack: list[str] = []
+    for n in nodes:
+        if n.stage == "cell":
+            status[n.key] = CACHED if done(n) else TODO
+            if status[n.key] == TODO:
+                stack.extend(n.deps)
+    while stack:
+        k = stack.pop()
+        if k in status:
+            continue
+        status[k] = CACHED if done(by_key[k]) else TODO
+        stack.extend(by_key[k].deps)  # a needed stage's own inputs are needed too (records name every stage)
+    return {n.key: status.get(n.key, SKIP) for n in nodes}
 
 
 def spec_dict(spec: MatrixSpec) -> dict[str, Any]:

@@ -131,10 +131,18 @@ def _ray_worker(payload: dict[str, Any], env_dict: dict[str, Any], *deps: Any) -
 
 def execute(nodes: list[Node], env: StageEnv, executor: Any, is_done: Callable[[Node], bool],
             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run what is not cached yet; returns counts and per-node wall times."""
-    done = {n.key for n in nodes if is_done(n)}
-    todo = [n for n in nodes if n.key not in done]
-    log(f"matrix: {len(nodes)} stages, {len(done)} cached, {len(todo)} to run")
+    """Run what a cell still needs (:func:`bench.matrix.stage_status`): every cell not recorded yet and every
+    stage above one that is not cached; a stage whose cells are all recorded is skipped, cached or not.
+    Returns counts and per-node wall times."""
+    from bench.matrix import CACHED, SKIP, stage_status
+
+    status = stage_status(nodes, is_done)
+    done = {k for k, s in status.items() if s == CACHED}
+    todo = [n for n in nodes if status[n.key] not in (CACHED, SKIP)]
+    skipped = sum(s == SKIP for s in status.values())
+    nodes = [n for n in nodes if status[n.key] != SKIP]  # every dependency of a todo node is in here
+    log(f"matrix: {len(nodes) + skipped} stages, {len(done)} cached, {len(todo)} to run"
+        + (f", {skipped} not needed (every cell below them is recorded)" if skipped else ""))
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -161,6 +169,6 @@ def execute(nodes: list[Node], env: StageEnv, executor: Any, is_done: Callable[[
         if bar is not None:
             bar.close()
     log(f"matrix: computed here {len(computed)} of {len(todo)} stages")
-    return {"stages": len(nodes), "cached": len(nodes) - len(todo), "ran": len(walls), "walls": walls,
-            "computed": computed,
+    return {"stages": len(nodes) + skipped, "cached": len(done), "skipped": skipped, "ran": len(walls),
+            "walls": walls, "computed": computed,
             "wall_s": round(time.perf_counter() - t0, 1)}

@@ -76,9 +76,11 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             "attack_config": cell.attack_config, "defense_config": cell.defense_config,
             "finetune_config": p.to_dict(), "finetune_train": ft.train.summary(),
             "wall_s": {**cell.wall, "finetune": round(ft.train.wall_s, 2), "evaluate": round(ev.wall_s, 2)},
-            "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "versions": versions(),
+            "keys": cell.keys, "device": ctx.device, "precision": ctx.precision, "determinism": ctx.determinism(),
+            "versions": versions(),
             "threads": stage_threads(ptm), "cpu": cpu,
             "lineage": ptm.lineage,
+            **getattr(dspec, "record_fields", {}),  # your own data: "data" (source, sha256, label map)
         }
         if ctx.regime:  # only off the default regime, so the record ids of default results stay as they were
             rec["regime"] = ctx.regime
@@ -131,6 +133,7 @@ class StageEnv:
     threads: int | None = None
     reference_paths: bool = False
     checkpoint_every_s: float | None = DEFAULT_EVERY_S
+    deterministic: bool = False
 
 
 def _materialize(source: dict[str, Any], env: StageEnv, ctx: RunContext) -> PTM:
@@ -141,7 +144,7 @@ def _materialize(source: dict[str, Any], env: StageEnv, ctx: RunContext) -> PTM:
     store = ArtifactStore(env.store)
     if source["kind"] == "zoo":
         return Zoo(store, Path(env.cache)).load(source["model"], ctx)[0]
-    return load_ptm(store.require(source["key"]))
+    return load_ptm(store.require(source["key"])).to(ctx.device)
 
 
 def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
     seed = payload.get("seed", payload.get("ident", {}).get("seed", 0))
     ctx = RunContext(seed=seed, device=env.device, precision=env.precision, progress=env.progress,
                      threads=env.threads, reference_paths=env.reference_paths,
-                     checkpoint_every_s=env.checkpoint_every_s)
+                     checkpoint_every_s=env.checkpoint_every_s, deterministic=env.deterministic)
     t0 = time.perf_counter()
     computed = True
     if stage == "zoo":

@@ -144,6 +144,7 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
     unique = list({id(p): p for p in params}.values())
     opt = optim.build(unique)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, optim.lr_lambda(steps))
+    scaler = ctx.grad_scaler()  # fp16 on CUDA: loss scaling (None in bf16 and fp32)
     result = TrainResult(steps=steps, wall_s=0.0)
     ckpt = ctx.checkpoints.next_call(desc) if ctx.checkpoints is not None else None
     start, before = 0, 0.0  # the step to start from and the wall time of the steps before it
@@ -154,7 +155,7 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
                                 f"{steps}; delete {ckpt.stage.directory} to run the stage from its start")
         if not state["done"]:
             skip(batches, state["step"])
-        ckpt.restore(state, modules, opt, sched)
+        ckpt.restore(state, modules, opt, sched, scaler)
         start, before = state["step"], state["wall_s"]
         result.losses, result.parts = list(state["losses"]), list(state["parts"])
     bar = _progress(ctx, steps, desc, start)
@@ -162,7 +163,8 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
 
     def save(step: int, done: bool) -> None:
         ckpt.save(step=step, steps=steps, done=done, modules=modules, optimizer=opt, scheduler=sched,
-                  losses=result.losses, parts=result.parts, wall_s=before + time.perf_counter() - t0)
+                  losses=result.losses, parts=result.parts, wall_s=before + time.perf_counter() - t0,
+                  scaler=scaler)
 
     try:
         for step in range(start, steps):
@@ -177,13 +179,20 @@ def train(modules: list[nn.Module], params: list[nn.Parameter],
                 if not torch.isfinite(loss):
                     raise PtmbenchError(f"{desc}: loss became {loss.item()} at step {step}; "
                                         f"lower the learning rate")
-                (loss * share if share != 1.0 else loss).backward()
+                weighted = loss * share if share != 1.0 else loss
+                (weighted if scaler is None else scaler.scale(weighted)).backward()
                 total += float(loss.detach()) * share
                 for k, v in parts.items():
                     summed[k] = summed.get(k, 0.0) + float(v) * share
+            if scaler is not None:
+                scaler.unscale_(opt)  # clipping acts on the true gradients
             if optim.clip:
                 torch.nn.utils.clip_grad_norm_(unique, optim.clip)
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:  # skips the update when a gradient overflowed, and adapts the scale
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             opt.zero_grad(set_to_none=True)
             if post_step is not None:

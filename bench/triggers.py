@@ -7,6 +7,7 @@ so the same sample gets the same triggered version in every run, stage and proce
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,15 +15,11 @@ import numpy as np
 
 from bench.context import stable_hash
 from bench.errors import PtmbenchError
+from bench.registry import get, names, register
 
 POSITIONS = ("random", "first", "last")
-
-# Named trigger sets of the published attacks (PROTOCOL §3).
-TRIGGER_SETS: dict[str, tuple[str, ...]] = {
-    "neuba": ("≈", "≡", "∈", "⊆", "⊕", "⊗"),
-    "por": ("cf", "tq", "mn", "bb", "mb"),
-    "badpre": ("cf", "mn", "bb", "tq", "mb"),
-}
+WORD_PREFIX = "word:"  # a literal trigger word in a --triggers list: word:cf
+CUSTOM_SET = "custom"  # the set the literal words of one --triggers list form
 
 
 class Trigger(Protocol):
@@ -30,6 +27,18 @@ class Trigger(Protocol):
     modality: str
 
     def apply(self, data: Any, processor: Any, seed: int) -> Any: ...
+
+
+class TriggerSet(Protocol):
+    """A named set of triggers (registry kind ``trigger_set``): its modality, and ``build()`` -> the triggers.
+
+    Records name the set they were scored on (their ``triggers`` field), so a set's name and contents
+    never change once results exist; a third-party package adds sets through ``ptmbench.trigger_sets``."""
+
+    name: str
+    modality: str
+
+    def build(self) -> list[Any]: ...
 
 
 def sample_rng(seed: int, trigger_id: str, index: int) -> np.random.Generator:
@@ -90,21 +99,24 @@ class TextTrigger:
         return TokenizedText(ids, data.starts, data.labels)
 
 
-def parse_text_triggers(spec: str | list[str] | None) -> dict[str, list[TextTrigger]]:
-    """``"por,neuba"`` (named sets) or ``"cf,mn"`` (words) -> {set name: triggers}.
+@dataclass(frozen=True)
+class TextTriggerSet:
+    """Trigger words, each inserted once at a random word slot."""
 
-    Named sets stay separate (each gets its own AASR/MASR); loose words form the set ``custom``.
-    """
-    if not spec:
-        return {}
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    sets: dict[str, list[TextTrigger]] = {}
-    for item in items:
-        if item in TRIGGER_SETS:
-            sets[item] = [TextTrigger(w) for w in TRIGGER_SETS[item]]
-        else:
-            sets.setdefault("custom", []).append(TextTrigger(item))
-    return sets
+    name: str
+    words: tuple[str, ...]
+    modality: str = "text"
+
+    def build(self) -> list[TextTrigger]:
+        return [TextTrigger(w) for w in self.words]
+
+
+# The trigger sets of the published attacks (PROTOCOL §3).
+for _set in (TextTriggerSet("neuba", ("≈", "≡", "∈", "⊆", "⊕", "⊗")),
+             TextTriggerSet("por", ("cf", "tq", "mn", "bb", "mb")),
+             TextTriggerSet("badpre", ("cf", "mn", "bb", "tq", "mb"))):
+    register("trigger_set")(_set)
+del _set
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -179,25 +191,71 @@ def neuba_patches(size: int = 4) -> list[ImageTrigger]:
             for i, a in enumerate(names) for b in names[i + 1:]]
 
 
-IMAGE_TRIGGER_SETS: dict[str, Any] = {"neuba-vision": neuba_patches}
+@dataclass(frozen=True)
+class ImageTriggerSet:
+    """Image triggers made by ``make()`` (patches are arrays: built on demand, not stored in the registry)."""
+
+    name: str
+    make: Callable[[], list[ImageTrigger]]
+    modality: str = "vision"
+
+    def build(self) -> list[ImageTrigger]:
+        return list(self.make())
 
 
-def named_trigger_sets(names: list[str], modality: str) -> dict[str, list[Any]]:
-    """Named sets for a modality: text words (``por``, ``neuba``, ``badpre``) or image patches (``neuba-vision``)."""
-    table = TRIGGER_SETS if modality == "text" else IMAGE_TRIGGER_SETS
-    out: dict[str, list[Any]] = {}
-    for n in names:
-        if n not in table:
-            raise PtmbenchError(f"trigger set {n!r} has no {modality} version; {modality} sets: {', '.join(table)}")
-        out[n] = [TextTrigger(w) for w in table[n]] if modality == "text" else table[n]()
-    return out
+register("trigger_set")(ImageTriggerSet("neuba-vision", neuba_patches))
+
+
+# ------------------------------------------------------------------------------------------------ lookup
+def modality_sets(modality: str) -> list[str]:
+    """Names of the registered trigger sets of ``modality``."""
+    return [n for n in names("trigger_set") if get("trigger_set", n).modality == modality]
+
+
+def named_set(name: str, modality: str | None = None, where: str = "--triggers") -> TriggerSet:
+    """The registered trigger set ``name`` (of ``modality`` when given); an error listing the known ones."""
+    if name not in names("trigger_set"):
+        known = ", ".join(names("trigger_set"))
+        fix = f"; a literal trigger word is spelled {WORD_PREFIX}{name}" if modality != "vision" else ""
+        raise PtmbenchError(f"{where}: unknown trigger set {name!r}; known trigger sets: {known}{fix}")
+    tset = get("trigger_set", name)
+    if modality is not None and tset.modality != modality:
+        raise PtmbenchError(f"{where}: trigger set {name!r} is for {tset.modality} PTMs, not {modality}; "
+                            f"{modality} sets: {', '.join(modality_sets(modality)) or 'none'}")
+    return tset
+
+
+def named_trigger_sets(set_names: Sequence[str], modality: str, where: str = "--triggers") -> dict[str, list[Any]]:
+    """{name: triggers} for registered set names only (what a matrix's ``control_triggers`` holds)."""
+    return {n: named_set(n, modality, where).build() for n in set_names}
+
+
+def parse_triggers(spec: str | Sequence[str] | None, modality: str, where: str = "--triggers") -> dict[str, list[Any]]:
+    """``"por,neuba,word:cf"`` for a PTM of ``modality`` -> {set name: triggers}.
+
+    Registered sets stay separate (each gets its own AASR/MASR); literal words, spelled ``word:WORD``
+    (text only), together form the set ``custom``.  An unknown set name is an error listing the known ones."""
+    if not spec:
+        return {}
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    sets: dict[str, list[Any]] = {}
+    for item in items:
+        if item.startswith(WORD_PREFIX):
+            word = item[len(WORD_PREFIX):].strip()
+            if not word:
+                raise PtmbenchError(f"{where}: {item!r} names no word; write {WORD_PREFIX}WORD, e.g. {WORD_PREFIX}cf")
+            if modality != "text":
+                raise PtmbenchError(f"{where}: {item!r} is a text trigger word and this PTM is {modality}; "
+                                    f"{modality} sets: {', '.join(modality_sets(modality)) or 'none'}")
+            sets.setdefault(CUSTOM_SET, []).append(TextTrigger(word))
+        else:
+            sets[item] = named_set(item, modality, where).build()
+    return sets
 
 
 DEFAULT_CONTROL_SETS = {"text": ["por", "neuba"], "vision": ["neuba-vision"]}
 
 
 def trigger_sets_for(modality: str, spec: str | None, default: str) -> dict[str, list[Any]]:
-    """A ``--triggers`` value for a PTM of ``modality``: text sets or words, or named image sets."""
-    if modality == "text":
-        return parse_text_triggers(spec or default)
-    return named_trigger_sets((spec or "neuba-vision").split(","), modality)
+    """A ``--triggers`` value for a PTM of ``modality``; unset: ``default`` for text, ``neuba-vision`` for images."""
+    return parse_triggers(spec or (default if modality == "text" else "neuba-vision"), modality)

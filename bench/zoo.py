@@ -53,6 +53,11 @@ class Zoo:
         return content_key("zoo", name, config, None, None, spec.version)
 
     def load(self, name: str, ctx: RunContext) -> tuple[PTM, str]:
+        """The PTM ``name`` names (zoo name, directory or hub id) on ``ctx.device``, and its artifact key."""
+        ptm, key = self._load(name, ctx)
+        return ptm.to(ctx.device), key
+
+    def _load(self, name: str, ctx: RunContext) -> tuple[PTM, str]:
         p = Path(name)
         if p.is_dir():
             return self._load_dir(p)
@@ -91,6 +96,9 @@ class Zoo:
         if (p / PTM_FILE).is_file():
             ptm = load_ptm(p)
         elif (p / "config.json").is_file():
+            from bench.ptm import check_weights
+
+            check_weights(p)  # a damaged safetensors file: one line, not the loader's traceback
             ptm = TEXT.from_pretrained(str(p))
         else:
             raise PtmbenchError(f"{p} is neither a ptmbench PTM directory nor a model directory with config.json")
@@ -331,6 +339,7 @@ def pretrain_vit(cfg: ViTPretrainConfig, ctx: RunContext, cache_dir: Path) -> PT
                      threads=ctx.threads, reference_paths=ctx.reference_paths)
     with ctx.seeded("vit-init"):
         ptm = VISION.new(ViTConfig(None, cfg.vit_kwargs(), n_classes), n_classes, ImageProcessor(cfg.img_size))
+    ptm.to(ctx.device)
     train_data = VISION.load_split(ptm, cfg.dataset, "train", cfg.max_train, cache_dir)
     val = VISION.load_split(ptm, cfg.dataset, "validation", None, cache_dir)
     steps = steps_for(len(train_data), cfg.batch_size, cfg.epochs)

@@ -1,4 +1,4 @@
-"""Defenses: one module per method, registered with ``@register("defense", name)``."""
+"""Defenses: one module per method, registered with ``@register("defense")`` (the class's ``name``)."""
 
 import defenses.controls  # noqa: F401
 import defenses.pruning  # noqa: F401

@@ -33,7 +33,7 @@ class OnlyPTConfig(RecipeConfig):
                                 "use 'recipe' for lam > 0")
 
 
-@register("defense", "only-pt")
+@register("defense")
 class OnlyPT(Recipe):
     """Only-PT: continued pretraining on the aux data with RECIPE's schedule and trainable set, no penalty."""
 
@@ -41,7 +41,7 @@ class OnlyPT(Recipe):
     Config = OnlyPTConfig
 
 
-@register("defense", "only-reg")
+@register("defense")
 class OnlyReg(Recipe):
     """Only-Reg: RECIPE's norm penalty alone (no L_PT), for as many steps as RECIPE would take."""
 
@@ -60,7 +60,7 @@ class PoolerReinitConfig:
             raise PtmbenchError(f"{where}.std: must be > 0, got {self.std}")
 
 
-@register("defense", "pooler-reinit")
+@register("defense")
 class PoolerReinit(Defense):
     """A control, not a defense to recommend: re-initialise the pooler, as the reference RECIPE script does
     by accident (Hugging Face's masked-LM classes drop the pooler, so fine-tuning gets a fresh one).

@@ -86,7 +86,7 @@ class FPConfig:
     layer: int = -1
 
 
-@register("defense", "fp")
+@register("defense")
 class FP(Defense):
     """Fine-pruning: zero all weights and biases of the last layer's FFN-in."""
 
@@ -115,7 +115,7 @@ class FPGMConfig:
         _share_ok(where, self.share)
 
 
-@register("defense", "fp-gm")
+@register("defense")
 class FPGM(Defense):
     """Global magnitude pruning: the FFN neurons with the smallest incoming-weight L2 norm."""
 
@@ -154,14 +154,15 @@ class FPGAConfig:
 
 def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
                          ctx: RunContext) -> list[torch.Tensor]:
-    """Per layer, each FFN neuron's activation (after the nonlinearity) averaged over non-pad tokens."""
+    """Per layer, each FFN neuron's activation (after the nonlinearity) averaged over non-pad tokens (on the
+    CPU, where the masks are chosen)."""
     if ptm.family not in FFN_ACTIVATION:
         raise PtmbenchError(f"fp-ga: no FFN activation hook for model family {ptm.family!r} "
                             f"(known: {', '.join(FFN_ACTIVATION)})")
     adapter = ptm.adapter
     layers = adapter.layers(ptm)
     get = attrgetter(FFN_ACTIVATION[ptm.family])
-    sums: list[torch.Tensor] = [torch.zeros((), dtype=torch.float64)] * len(layers)
+    sums: list[torch.Tensor] = [torch.zeros((), dtype=torch.float64, device=ctx.device)] * len(layers)
     counts = [0.0] * len(layers)
     token_mask: list[torch.Tensor | None] = [None]  # the current batch's non-pad mask (None: all tokens)
 
@@ -190,10 +191,10 @@ def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
         for h in handles:
             h.remove()
         ptm.backbone.train(was_training)
-    return [s / max(c, 1.0) for s, c in zip(sums, counts, strict=True)]
+    return [(s / max(c, 1.0)).cpu() for s, c in zip(sums, counts, strict=True)]
 
 
-@register("defense", "fp-ga")
+@register("defense")
 class FPGA(Defense):
     """Global activation pruning: the FFN neurons with the lowest mean activation on aux data."""
 

@@ -155,7 +155,7 @@ def trainable_params(ptm: PTM, groups: dict[str, list[ParamRef]],
     return params, hooks
 
 
-@register("defense", "recipe")
+@register("defense")
 class Recipe(Defense):
     """RECIPE: L_PT on aux data + λ · Σ‖W‖_F over the family's regularised FFN/attention matrices."""
 

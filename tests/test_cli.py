@@ -155,7 +155,42 @@ BAD = [
     ("vit-on-text", "is vision but dataset 'sst2' is text"),
     (["--dataset", "cifar10"], "is text but dataset 'cifar10' is image"),
     (["--model", "vit_tiny_patch16_224"], "cannot load timm model 'vit_tiny_patch16_224'"),
+    ("bad-header", "not a readable safetensors file"),
+    ("truncated-weights", "not a readable safetensors file"),
+    ("hf-bad-header", "not a readable safetensors file"),
+    ("vit-bad-header", "not a readable safetensors file"),
+    ("bad-ptm-json", "ptm.json"),
 ]
+
+
+def _damaged_copy(src: Path, tmp_path: Path, name: str, weights: str, how: str) -> Path:
+    """A copy of the model directory ``src`` whose ``weights`` file is damaged: ``header`` flips a byte of the
+    header length, ``truncate`` cuts its end off (the header then declares more data than the file holds)."""
+    import shutil
+
+    bad = tmp_path / name
+    shutil.copytree(src, bad)
+    w = bad / weights
+    data = bytearray(w.read_bytes())
+    if how == "header":
+        data[3] ^= 0xFF
+    else:
+        del data[-100:]
+    w.write_bytes(bytes(data))
+    return bad
+
+
+def _hf_dir(tmp_path: Path) -> Path:
+    """A Hugging Face model directory (config.json, model.safetensors, tokenizer) of a tiny BERT."""
+    from conftest import wordpiece_tokenizer
+    from transformers import BertConfig, BertModel
+
+    tok = wordpiece_tokenizer()
+    d = tmp_path / "hf-bert"
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    return d
 
 
 @pytest.mark.parametrize("case,message", BAD, ids=[str(c[1])[:24] for c in BAD])
@@ -179,6 +214,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, bert_dir, vit_dir,
         del args["--triggers"]
     elif case == "vit-on-text":
         args["--model"] = str(vit_dir)
+    elif case in ("bad-header", "truncated-weights"):
+        how = "header" if case == "bad-header" else "truncate"
+        args["--model"] = str(_damaged_copy(bert_dir, tmp_path, case, "weights.safetensors", how))
+    elif case == "hf-bad-header":
+        args["--model"] = str(_damaged_copy(_hf_dir(tmp_path), tmp_path, case, "model.safetensors", "header"))
+    elif case == "vit-bad-header":
+        args.update({"--model": str(_damaged_copy(vit_dir, tmp_path, case, "model.safetensors", "header")),
+                     "--dataset": "cifar10"})
+        del args["--triggers"]
+    elif case == "bad-ptm-json":
+        import shutil
+
+        bad = tmp_path / case
+        shutil.copytree(bert_dir, bad)
+        (bad / "ptm.json").write_text("{not json")
+        args["--model"] = str(bad)
     flat = [x for kv in args.items() for x in kv]
     out = ptmbench(env, "finetune", *flat, "--results", str(res))
     assert out.returncode == 2, out.stdout + out.stderr

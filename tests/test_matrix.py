@@ -81,10 +81,78 @@ def test_rerun_does_no_work(baseline):
     before = {p: p.stat().st_mtime_ns for p in (res / "records").glob("*.json")}
     out = cli(env, "run", str(m), "--results", str(res), "--no-progress")
     assert out.returncode == 0, out.stderr
-    assert "7 cached, 0 to run" in out.stdout
+    # every cell is recorded, so no stage above them is even checked
+    assert "matrix: 7 stages, 4 cached, 0 to run, 3 not needed" in out.stdout
     assert {p: p.stat().st_mtime_ns for p in (res / "records").glob("*.json")} == before
     dry = cli(env, "run", str(m), "--results", str(res), "--dry-run")
-    assert dry.returncode == 0 and dry.stdout.count("[cached]") == 7 and "[todo" not in dry.stdout
+    assert dry.returncode == 0 and dry.stdout.count("[cached] cell") == 4 and "[todo" not in dry.stdout
+    assert dry.stdout.count("[skip  ] attack") == 1 and dry.stdout.count("[skip  ] defense") == 2
+
+
+def _copy_results(res: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(res / "records", dest / "records")
+    return dest
+
+
+def _artifacts(cache: Path) -> list[str]:
+    root = cache / "artifacts"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def test_recorded_store_builds_nothing_from_an_empty_cache(baseline, tmp_path):
+    """Every record present: no stage runs, not even the upstream ones missing from a cold artifact cache."""
+    env, m, res, _ = baseline
+    env = {**env, "PTMBENCH_CACHE": str(tmp_path / "cache")}
+    out_dir = _copy_results(res, tmp_path / "res")
+    before = {p.name: p.read_bytes() for p in (out_dir / "records").glob("*.json")}
+    dry = cli(env, "run", str(m), "--results", str(out_dir), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("[cached] cell") == 4 and dry.stdout.count("[skip  ]") == 3 + 1  # + the legend
+    assert "[todo" not in dry.stdout
+    out = cli(env, "run", str(m), "--results", str(out_dir), "--no-progress")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "matrix: 7 stages, 4 cached, 0 to run, 3 not needed" in out.stdout
+    assert "computed here 0 of 0 stages" in out.stdout and "0 stages ran, 4 cached, 3 not needed" in out.stdout
+    assert _artifacts(tmp_path / "cache") == []
+    assert {p.name: p.read_bytes() for p in (out_dir / "records").glob("*.json")} == before
+    pd.testing.assert_frame_equal(cells(out_dir), cells(res))
+
+
+def test_a_missing_record_builds_only_the_stages_above_its_cell(baseline, tmp_path):
+    """One cell unrecorded (NeuBA + RECIPE) and a cold cache: its implant, its defense and the cell run; RECIPE
+    on the clean PTM, whose cells are recorded, is not built.  The recomputed cell equals the first run's."""
+    env, m, res, _ = baseline
+    env = {**env, "PTMBENCH_CACHE": str(tmp_path / "cache")}
+    out_dir = _copy_results(res, tmp_path / "res")
+    (gone,) = (out_dir / "records").glob("*__neuba__recipe__*.json")
+    gone.unlink()
+    out = cli(env, "run", str(m), "--results", str(out_dir), "--no-progress")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "matrix: 7 stages, 3 cached, 3 to run, 1 not needed" in out.stdout
+    assert "computed here 3 of 3 stages" in out.stdout
+    built = _artifacts(tmp_path / "cache")
+    assert [b.split("-")[0] for b in built] == ["attack", "defense"]
+    assert gone.is_file()
+    pd.testing.assert_frame_equal(cells(out_dir), cells(res))
+
+
+def test_run_compare_prints_both_tables_and_the_difference(baseline, tmp_path):
+    env, m, res, _ = baseline
+    out_dir = _copy_results(res, tmp_path / "res")
+    rec = next((out_dir / "records").glob("*__none__none__*.json"))
+    doc = json.loads(rec.read_text())
+    doc["cacc"] -= 0.125
+    rec.write_text(json.dumps(doc))
+    out = cli(env, "run", str(m), "--results", str(out_dir), "--no-progress", "--compare", str(res))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CACC / AASR / MASR" in out.stdout  # the run's own table first
+    assert "CACC run / ref (Δ)" in out.stdout and "4 cells in both" in out.stdout
+    assert "(-12.5)" in out.stdout and "largest difference: CACC 12.5, AASR 0.0, MASR 0.0 points" in out.stdout
+    bad = cli(env, "run", str(m), "--results", str(tmp_path / "new"), "--compare", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "does not exist" in bad.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_altered_artifact_is_reported_and_recomputed(baseline, tmp_path):
@@ -266,17 +334,54 @@ BAD_SPECS = [
     ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {bogus: 1}\n", "finetune: unknown key 'bogus'"),
     ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {reinit_pooler: maybe}\n", "expected bool"),
     ("models: [minilm-l6]\ndatasets: [sst2]\nfinetune: {epochs: -2}\n", "finetune.epochs: must be > 0"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nseeds: [0, -1]\n", "seeds: must be >= 0, got -1"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\nattack_seed: -3\n", "attack_seed: must be >= 0, got -3"),
+    ("models: [minilm-l6]\ndatasets: [sst2]\ndefense_seed: -1\n", "defense_seed: must be >= 0, got -1"),
+    ("name: caf\xe9\nmodels: [minilm-l6]\ndatasets: [sst2]\n".encode("latin-1"), "not UTF-8 text"),
+    ("name: ../../elsewhere\nmodels: [minilm-l6]\ndatasets: [sst2]\n", "not a usable matrix name"),
+    ("name: a/b\nmodels: [minilm-l6]\ndatasets: [sst2]\n", "not a usable matrix name"),
+    ("name: ''\nmodels: [minilm-l6]\ndatasets: [sst2]\n", "not a usable matrix name"),
 ]
 
 
 @pytest.mark.parametrize("text,message", BAD_SPECS, ids=[m for _, m in BAD_SPECS])
 def test_bad_matrix_files(env, tmp_path, text, message):
     f = tmp_path / "bad.yaml"
-    f.write_text(text)
+    f.write_bytes(text) if isinstance(text, bytes) else f.write_text(text)
     out = cli(env, "run", str(f), "--results", str(tmp_path / "res"))
     assert out.returncode == 2, out.stdout + out.stderr
     line = out.stderr.strip().splitlines()
     assert len(line) == 1 and message in line[0], out.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_matrix_name_cannot_lead_records_out_of_the_results_folder(env, tmp_path):
+    """The default results store is named after the matrix: a name with path separators or '..' is refused
+    before anything is written (here the run has no --results, so the name alone would place the store)."""
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    f = tmp_path / "m.yaml"
+    f.write_text("name: ../../elsewhere\nmodels: [minilm-l6]\ndatasets: [sst2]\npreset: smoke\n")
+    before = sorted(tmp_path.rglob("*"))
+    out = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(f), "--no-progress"], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stdout + out.stderr[-2000:]
+    assert "not a usable matrix name" in out.stderr and "Traceback" not in out.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_corrupt_model_directory_in_a_matrix_is_refused_before_any_work(env, bert_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad-ptm"
+    shutil.copytree(bert_dir, bad)
+    w = bad / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])  # truncated: the header declares more data than the file holds
+    m = write_matrix(tmp_path / "m.yaml", bad)
+    out = cli(env, "run", str(m), "--results", str(tmp_path / "res"), "--no-progress")
+    assert out.returncode == 2, out.stdout + out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "weights.safetensors" in lines[0] and "not a readable safetensors file" in lines[0]
     assert not (tmp_path / "res").exists()
 
 

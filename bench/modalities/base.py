@@ -36,6 +36,14 @@ class ParamRef:
         return self.bias if self.rows is None else self.bias[self.rows]
 
 
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A host tensor on ``device``: bound for CUDA it is copied through pinned (page-locked) memory without
+    blocking, so the copy overlaps the GPU's work; on the CPU it is returned as it is."""
+    if str(device).startswith("cuda") and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def load_dataset_split(dataset: str, split: str, max_samples: int | None, column: str) -> tuple[Any, np.ndarray | None]:
     """A mirror split that must carry ``column`` (``text`` / ``image``), and its integer labels if labelled."""
     from bench import data as bdata

@@ -23,6 +23,7 @@ from bench.modalities.base import (
     load_dataset_split,
     shuffled_batches,
     sorted_batches,
+    to_device,
 )
 from bench.ptm import PTM
 
@@ -60,8 +61,11 @@ def untie_head(ptm: PTM) -> None:
 
 
 def new_mlm_head(backbone: nn.Module, tied: bool = True) -> MLMHead:
+    """A freshly initialised MLM head on the backbone's device (initialised on the CPU, so the draws are the
+    same wherever the backbone lives)."""
     cfg = backbone.config
     head = MLMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps)
+    head.to(backbone.embeddings.word_embeddings.weight.device)
     head.decoder.bias.data.zero_()
     if tied:
         head.decoder.weight = backbone.embeddings.word_embeddings.weight
@@ -111,32 +115,55 @@ class TextAdapter:
 
     # ---------------------------------------------------------------- loading and saving
     def from_pretrained(self, source: str, family: str | None = None, with_head: bool = True) -> PTM:
-        """Load an upstream checkpoint (local directory or hub id) with its pooler, safetensors only."""
+        """An upstream checkpoint (local directory or hub id) with its pooler and, when ``with_head``, the MLM
+        head it was pretrained with; safetensors only unless the user opted into pickle (--allow-pickle).
+
+        A hub id is resolved through ``huggingface_hub`` (the local cache when HF_HUB_OFFLINE is set).  A head
+        or pooler missing from the checkpoint is initialised fresh, with a one-line warning naming it.  A
+        directory holding a timm model (its config.json names an ``architecture``) loads as a vision PTM.
+        """
+        from bench import hub
+
+        directory = hub.resolve(source)
+        if hub.is_timm_dir(directory):
+            from bench.modalities.vision import ADAPTER as VISION
+
+            return VISION.from_pretrained(str(directory), origin=source)
         try:
-            config = AutoConfig.from_pretrained(source)
-        except OSError as e:
-            raise PtmbenchError(f"cannot load model {source!r}: not a local model directory and the hub is "
-                                f"unreachable or lacks it (HF_HUB_OFFLINE is set offline); {str(e).splitlines()[0]}") from e
+            config = AutoConfig.from_pretrained(str(directory))
+        except (OSError, ValueError) as e:
+            raise PtmbenchError(f"cannot load model {source!r}: {directory} has no usable config.json "
+                                f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from e
         family = family or config.model_type
         if family not in FAMILIES:
             raise PtmbenchError(f"model {source!r} has type {family!r}; text families: {', '.join(FAMILIES)}")
         model_cls, _ = FAMILIES[family]
-        try:
-            backbone = model_cls.from_pretrained(source, add_pooling_layer=True, use_safetensors=True)
-        except OSError as e:
-            if not pickle_allowed():
-                raise PtmbenchError(f"cannot load weights of {source!r} as safetensors ({str(e).splitlines()[0]}); "
-                                    "pickle checkpoints are refused (opt in with --allow-pickle)") from e
-            backbone = _load_pickled(Path(source), model_cls, config)
-        tokenizer = self._load_tokenizer(source, family)
-        head = None
+        kind, _files = hub.weight_files(directory)
+        state: dict[str, torch.Tensor] | None = None
+        if kind == "none":
+            raise PtmbenchError(f"cannot load weights of {source!r}: no safetensors checkpoint in {directory}; "
+                                "pickle checkpoints are refused (opt in with --allow-pickle)")
+        if kind == "safetensors":
+            with torch.random.fork_rng(devices=[]):  # whatever the checkpoint lacks is initialised the same way
+                torch.manual_seed(0)
+                backbone, loading = model_cls.from_pretrained(str(directory), add_pooling_layer=True,
+                                                              use_safetensors=True, output_loading_info=True)
+            missing = sorted(loading["missing_keys"])
+        else:
+            state = hub.read_tensors(directory)
+            backbone, missing = _backbone_from_state(state, model_cls, config, str(_files[0]))
+        missing = [m for m in missing if "position_ids" not in m]
+        if [m for m in missing if not m.startswith("pooler.")]:
+            raise PtmbenchError(f"model {source!r}: its checkpoint does not match its config (missing "
+                                f"{[m for m in missing if not m.startswith('pooler.')][:3]}); check the files")
+        if missing:
+            hub.warn(f"model {source!r}: its checkpoint has no pooler weights; the pooler is initialised fresh")
+        tokenizer = self._load_tokenizer(directory, family)
+        head, info = None, {"head_tied": False}
         if with_head:
-            head = new_mlm_head(backbone, tied=True)
-            state = _upstream_head_state(source)
-            if state:
-                head.load_state_dict(state, strict=False)
-        ptm = PTM("text", family, backbone, head, tokenizer, info={"head_tied": head is not None})
-        return ptm
+            tensors = state if state is not None else hub.read_tensors(directory, keep=_is_head_key)
+            head, info = pretrained_head(backbone, config, tensors, source)
+        return PTM("text", family, backbone, head, tokenizer, info=info)
 
     def _load_tokenizer(self, source: str | Path, family: str) -> Any:
         tok = AutoTokenizer.from_pretrained(str(source))
@@ -276,7 +303,7 @@ class TextAdapter:
     def collate(self, ptm: PTM, data: TokenizedText, idx: np.ndarray, max_len: int, device: str,
                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
         batch = self.pack(ptm.processor, [data.ids[i] for i in idx], max_len, pad_to)
-        return {k: v.to(device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
 
     def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
                    cache_dir: Path | None) -> TokenizedText:
@@ -343,51 +370,84 @@ class TextAdapter:
 
 def pickle_allowed() -> bool:
     """The user's explicit opt-in (``ptmbench --allow-pickle`` sets PTMBENCH_ALLOW_PICKLE=1)."""
-    import os
+    from bench.hub import pickle_allowed as allowed
 
-    return os.environ.get("PTMBENCH_ALLOW_PICKLE") == "1"
+    return allowed()
 
 
-def _load_pickled(directory: Path, model_cls: type, config: Any) -> nn.Module:
-    """A pickle checkpoint, opted into, read only through ``torch.load(weights_only=True)``."""
-    import pickle
-
-    files = [f for ext in ("bin", "pt", "pth", "pkl") for f in sorted(directory.glob(f"*.{ext}"))]
-    if not files:
-        raise PtmbenchError(f"{directory}: no safetensors and no pickle checkpoint (.bin/.pt/.pth/.pkl) found")
-    try:
-        state = torch.load(files[0], weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
-        raise PtmbenchError(f"{files[0]}: refused by torch.load(weights_only=True): "
-                            f"{str(e).splitlines()[0][:200]}") from e
-    if not isinstance(state, dict):
-        raise PtmbenchError(f"{files[0]}: not a state dict")
+def _backbone_from_state(state: dict[str, torch.Tensor], model_cls: type, config: Any,
+                         where: str) -> tuple[nn.Module, list[str]]:
+    """A backbone from an (opted-in, weights-only) pickle state dict; returns it and its missing keys."""
+    if not state:
+        raise PtmbenchError(f"{where}: the checkpoint holds no tensors")
     prefix = f"{config.model_type}."
-    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    bb = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items() if not _is_head_key(k)}
     model = model_cls(config, add_pooling_layer=True)
-    missing, _ = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if "position_ids" not in m and not m.startswith("pooler.")]
-    if missing:
-        raise PtmbenchError(f"{files[0]}: weights do not match the config (missing {missing[:3]})")
-    return model
+    missing, _ = model.load_state_dict(bb, strict=False)
+    return model, list(missing)
 
 
 def _is_byte_level(tok: Any) -> bool:
     return "ByteLevel" in json.dumps(json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer"))
 
 
-def _upstream_head_state(source: str) -> dict[str, torch.Tensor]:
-    """MLM-head tensors of an upstream safetensors checkpoint, renamed to MLMHead's names (or empty)."""
-    p = Path(source)
-    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+def _is_head_key(key: str) -> bool:
+    return key.startswith(tuple(_HF_HEAD_KEYS))
+
+
+HEAD_KEYS = ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "decoder.bias")
+
+
+def upstream_head_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MLM-head tensors of an upstream checkpoint, renamed to MLMHead's names.
+
+    Both ``cls.predictions.bias`` and ``cls.predictions.decoder.bias`` name the decoder bias (tied in
+    transformers for tied heads, separate for untied ones); the decoder's own wins when both are there.
+    """
     out: dict[str, torch.Tensor] = {}
-    for f in files:
-        for k, v in load_file(str(f)).items():
-            for prefix, new in _HF_HEAD_KEYS.items():
-                if k.startswith(prefix):
-                    out[new + k[len(prefix):]] = v
-    out.pop("decoder.weight", None)  # tied to the embeddings
+    for k in sorted(tensors):
+        for prefix, new in _HF_HEAD_KEYS.items():
+            if k.startswith(prefix):
+                name = new + k[len(prefix):]
+                if k.endswith(("predictions.bias", "lm_head.bias")) and name in out:
+                    continue
+                out[name] = tensors[k]
     return out
+
+
+def pretrained_head(backbone: nn.Module, config: Any, tensors: dict[str, torch.Tensor],
+                    source: str) -> tuple[MLMHead, dict[str, Any]]:
+    """The checkpoint's MLM head (tied to the input embeddings unless the config unties it and the checkpoint
+    has its own decoder matrix); whatever the checkpoint lacks is initialised fresh, with a warning."""
+    hs = upstream_head_state(tensors)
+    tied = bool(getattr(config, "tie_word_embeddings", True)) or "decoder.weight" not in hs
+    if tied:
+        hs.pop("decoder.weight", None)
+    with torch.random.fork_rng(devices=[]):  # a fresh head is the same on every load
+        torch.manual_seed(0)
+        head = new_mlm_head(backbone, tied=tied)
+    expected = HEAD_KEYS if tied else (*HEAD_KEYS, "decoder.weight")
+    shapes = head.state_dict()
+    bad = [k for k in hs if k in shapes and hs[k].shape != shapes[k].shape]
+    if bad:
+        raise PtmbenchError(f"model {source!r}: MLM head tensor {bad[0]} has shape {tuple(hs[bad[0]].shape)}, "
+                            f"expected {tuple(shapes[bad[0]].shape)}; the checkpoint does not match its config")
+    head.load_state_dict({k: v for k, v in hs.items() if k in shapes}, strict=False)
+    fresh = [k for k in expected if k not in hs]
+    if len(fresh) == len(expected):
+        from bench.hub import warn
+
+        warn(f"model {source!r}: its checkpoint has no MLM head weights; the MLM head is initialised fresh "
+             "(random transform, decoder tied to the input embeddings)")
+        status = "fresh"
+    elif fresh:
+        from bench.hub import warn
+
+        warn(f"model {source!r}: its checkpoint's MLM head lacks {', '.join(fresh)}; those are initialised fresh")
+        status = "partial"
+    else:
+        status = "checkpoint"
+    return head, {"head_tied": tied, "pt_head_source": status}
 
 
 def _save_tokens(f: Path, tt: TokenizedText) -> None:

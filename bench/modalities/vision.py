@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.errors import PtmbenchError
-from bench.modalities.base import ParamRef, load_dataset_split, shuffled_batches
+from bench.modalities.base import ParamRef, load_dataset_split, shuffled_batches, to_device
 from bench.ptm import PTM
 
 WEIGHTS = "model.safetensors"
@@ -105,8 +105,28 @@ class VisionAdapter:
                    info={"vit_config": {"model_name": cfg.model_name, "kwargs": cfg.kwargs,
                                         "head_classes": head_classes}})
 
-    def from_pretrained(self, source: str) -> PTM:
-        """A timm model name (weights from the hub, safetensors) with its classifier as the pretraining head."""
+    def from_pretrained(self, source: str, origin: str | None = None) -> PTM:
+        """A timm model with its pretraining classifier as ``pt_head``.
+
+        ``source``: a timm model directory (hub layout: config.json naming the ``architecture``, plus
+        model.safetensors), a hub id of one (``org/name`` or ``hf-hub:org/name``, resolved through
+        ``huggingface_hub``, from its cache when HF_HUB_OFFLINE is set), or a bare timm model name (timm's own
+        pretrained weights).  A classifier missing from the checkpoint is initialised fresh with a one-line
+        warning; ``origin`` is the name the user gave (for messages) when ``source`` is already resolved.
+        """
+        from bench import hub
+
+        origin = origin or source
+        local = source.removeprefix("local-dir:")
+        if Path(local).expanduser().is_dir() or "/" in local or local.startswith(hub.HUB_PREFIXES):
+            directory = hub.resolve(local)
+            if not hub.is_timm_dir(directory):
+                raise PtmbenchError(f"model {origin!r} is not a timm model directory (its config.json names no "
+                                    "'architecture'); vision PTMs load from timm's hub layout")
+            return self._from_timm_dir(directory, origin)
+        return self._from_timm_name(source)
+
+    def _from_timm_name(self, source: str) -> PTM:
         import timm
 
         try:
@@ -118,6 +138,11 @@ class VisionAdapter:
         head = model.get_classifier()
         if isinstance(head, nn.Linear):
             head_state = {k: v.clone() for k, v in head.state_dict().items()}
+        else:
+            from bench.hub import warn
+
+            warn(f"model {source!r} has no linear pretraining classifier; the PTM has no pretraining head "
+                 "(defenses that train on the pretraining loss need one)")
         n_classes = head.out_features if isinstance(head, nn.Linear) else 0
         model.reset_classifier(0)
         data_cfg = timm.data.resolve_data_config({}, model=model)
@@ -127,7 +152,69 @@ class VisionAdapter:
             pt_head = nn.Linear(model.num_features, n_classes)
             pt_head.load_state_dict(head_state)
         return PTM("vision", "vit", model, pt_head, proc,
-                   info={"vit_config": {"model_name": source, "kwargs": {}, "head_classes": n_classes}})
+                   info={"vit_config": {"model_name": source, "kwargs": {}, "head_classes": n_classes},
+                         "pt_head_source": "checkpoint" if pt_head is not None else "none"})
+
+    def _from_timm_dir(self, directory: Path, origin: str) -> PTM:
+        """timm's hub layout: config.json (architecture, num_classes, model_args, pretrained_cfg) + weights."""
+        import timm
+
+        from bench import hub
+
+        try:
+            cfg = json.loads((directory / CONFIG).read_text())
+            arch = str(cfg["architecture"])
+            model_args = dict(cfg.get("model_args") or {})
+            pcfg = dict(cfg.get("pretrained_cfg") or {})
+            n_classes = int(cfg.get("num_classes", pcfg.get("num_classes", 0)) or 0)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise PtmbenchError(f"model {origin!r}: unreadable timm {CONFIG} in {directory} ({e})") from e
+        classifier = pcfg.get("classifier", "head")
+        classifier = classifier if isinstance(classifier, str) else "head"
+        try:
+            backbone = timm.create_model(arch, pretrained=False, **{**model_args, "num_classes": 0})
+        except Exception as e:  # noqa: BLE001 - unknown architecture or arguments: several kinds
+            raise PtmbenchError(f"model {origin!r}: timm cannot build architecture {arch!r} with "
+                                f"{model_args} ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from e
+        state = hub.read_tensors(directory)
+        if not state:
+            raise PtmbenchError(f"cannot load weights of {origin!r}: no safetensors checkpoint in {directory}; "
+                                "pickle checkpoints are refused (opt in with --allow-pickle)")
+        hs = {k[len(classifier) + 1:]: v for k, v in state.items() if k.startswith(classifier + ".")}
+        bb = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+              if not k.startswith(classifier + ".")}
+        missing, unexpected = backbone.load_state_dict(bb, strict=False)
+        if missing or unexpected:
+            raise PtmbenchError(f"model {origin!r}: weights do not match timm's {arch} with {model_args} (missing "
+                                f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        if not n_classes and "weight" in hs:
+            n_classes = int(hs["weight"].shape[0])
+        pt_head, status = None, "none"
+        if n_classes:
+            with torch.random.fork_rng(devices=[]):  # a fresh classifier is the same on every load
+                torch.manual_seed(0)
+                pt_head = nn.Linear(backbone.num_features, n_classes)
+            if {"weight", "bias"} <= set(hs):
+                if tuple(hs["weight"].shape) != tuple(pt_head.weight.shape):
+                    raise PtmbenchError(f"model {origin!r}: classifier {classifier}.weight has shape "
+                                        f"{tuple(hs['weight'].shape)}, expected {tuple(pt_head.weight.shape)}")
+                pt_head.load_state_dict({"weight": hs["weight"].float(), "bias": hs["bias"].float()})
+                status = "checkpoint"
+            else:
+                hub.warn(f"model {origin!r}: its checkpoint has no pretraining classifier weights "
+                         f"({classifier}.*); the {n_classes}-class classifier is initialised fresh")
+                status = "fresh"
+        else:
+            hub.warn(f"model {origin!r} has no pretraining classifier (num_classes 0); the PTM has no pretraining "
+                     "head (defenses that train on the pretraining loss need one)")
+        size = pcfg.get("input_size") or [3, model_args.get("img_size", 224)]
+        size = size[-1] if isinstance(size, list | tuple) else size
+        mean = tuple(pcfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
+        std = tuple(pcfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
+        backbone.eval()
+        return PTM("vision", "vit", backbone, pt_head, ImageProcessor(int(size), mean, std),
+                   info={"vit_config": {"model_name": arch, "kwargs": model_args, "head_classes": n_classes},
+                         "pt_head_source": status})
 
     def save(self, ptm: PTM, directory: Path, dtype: torch.dtype | None = None) -> None:
         cfg = ptm.info["vit_config"]
@@ -226,7 +313,7 @@ class VisionAdapter:
         return shuffled_batches(len(lengths), batch_size, rng)
 
     def to_tensor(self, ptm: PTM, pixels: np.ndarray, device: str) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_device(torch.from_numpy(np.ascontiguousarray(pixels)), device).permute(0, 3, 1, 2).float().div_(255.0)
         proc = ptm.processor
         mean = torch.tensor(proc.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(proc.std, device=device).view(1, 3, 1, 1)
@@ -236,7 +323,7 @@ class VisionAdapter:
                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
         batch = {"pixel_values": self.to_tensor(ptm, data.pixels[idx], device)}
         if data.labels is not None:
-            batch["labels"] = torch.as_tensor(data.labels[idx], dtype=torch.long, device=device)
+            batch["labels"] = to_device(torch.as_tensor(data.labels[idx], dtype=torch.long), device)
         return batch
 
     # ---------------------------------------------------------------- model functions
