@@ -121,7 +121,7 @@ class POR(Attack):
 
     def targets(self, hidden: int) -> torch.Tensor:
         """The (T, H) ±1 target vectors v(t) of this variant (unscaled)."""
-        return TARGET_FAMILIES[self.target_family](len(named_set(self.trigger_set, "text").words), hidden)
+        return TARGET_FAMILIES[self.target_family](len(named_set(self.trigger_set, "text").build()), hidden)
 
     def poison_corpus(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> tuple[TokenizedText, np.ndarray]:
         """The training sequences and their labels: 0 = clean, i = carries trigger i (1..T), fixed once."""

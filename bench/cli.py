@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import PtmbenchError
+from bench.quiet import quiet_libraries
 
 EXIT_USAGE = 2
 
@@ -31,8 +32,8 @@ def _common(p: argparse.ArgumentParser, reference_paths: bool = True) -> None:
     p.add_argument("--cache", type=Path, default=None, help="artifact and token cache (default $PTMBENCH_CACHE "
                    "or ~/.cache/ptmbench)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--precision", default="auto", help="fp32, bf16 (autocast) or auto (bf16 where the hardware "
-                   "has it)")
+    p.add_argument("--precision", default="auto", help="fp32, bf16 (autocast), fp16 (autocast with a gradient "
+                   "scaler; CUDA only) or auto (bf16 where the hardware has it; on older GPUs fp16; else fp32)")
     if reference_paths:
         p.add_argument("--reference-paths", action="store_true", help=REFERENCE_PATHS_HELP)
     p.add_argument("--progress", action="store_true", help="show progress bars")
@@ -42,6 +43,11 @@ def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=float, default=None, metavar="MINUTES",
                    help="save each training stage's whole state this often, so a killed run resumes from it "
                         "(default 5; 0: after every step)")
+
+
+DETERMINISTIC_HELP = ("deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, "
+                      "CUBLAS_WORKSPACE_CONFIG): bit-identical reruns on a GPU, at some speed; an op without a "
+                      "deterministic kernel then stops the run (docs/gpu.md)")
 
 
 def _checkpoint_seconds(args: argparse.Namespace) -> float:
@@ -92,12 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--preset", default="paper", help="downstream budget: paper, demo or smoke")
     f.add_argument("--triggers", default=None,
-                   help="comma list of trigger-set names (text: por, neuba, badpre, or single words; default por,neuba; images: neuba-vision, the default)")
+                   help="comma list of registered trigger sets (text: por, neuba, badpre; images: neuba-vision) "
+                        "and literal text trigger words spelled word:WORD (e.g. por,word:cf); default: "
+                        "por,neuba for text, neuba-vision for images")
     f.add_argument("--results", type=Path, default=Path("ptmbench-results"),
                    help="results store; records go to RESULTS/records/")
     f.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
     f.add_argument("--max-train", type=int, default=None, help="override the preset's training subset")
     f.add_argument("--force", action="store_true", help="recompute even if the record exists")
+    f.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     _common(f)
 
     r = sub.add_parser("run", help="run a matrix (YAML file or a built-in name from bench/configs: demo, "
@@ -123,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reference-paths", action="store_true", help=REFERENCE_PATHS_HELP + " (fp32 whatever the "
                    "matrix's precision)")
     r.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    r.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     _checkpoint_flag(r)
 
     an = sub.add_parser("analyze", help="analyses of PTMs")
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     aa = ansub.add_parser("activations", help="selective activation: first-token FFN shift under triggers")
     aa.add_argument("--ptm", action="append", required=True, metavar="LABEL=MODEL",
                     help="a PTM to compare (zoo name or PTM directory), optionally labelled; repeat")
-    aa.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
+    aa.add_argument("--triggers", default="neuba", help="text trigger sets and/or word:WORD, as for finetune")
     aa.add_argument("--dataset", default="bookcorpus", help="inputs to trigger (an aux corpus by default)")
     aa.add_argument("--samples", type=int, default=256)
     aa.add_argument("--reference", default=None, metavar="LABEL",
@@ -153,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--backdoored", required=True, help="the backdoored PTM (PTM directory)")
     al.add_argument("--purified", action="append", default=[], metavar="LABEL=DIR",
                     help="a purified PTM to measure against the attack's delta; repeat")
-    al.add_argument("--triggers", default=None, help="trigger sets (default: neuba, or neuba-vision for a ViT)")
+    al.add_argument("--triggers", default=None,
+                    help="trigger sets and/or word:WORD, as for finetune (default: neuba, or neuba-vision for a ViT)")
     al.add_argument("--dataset", default=None, help="inputs to trigger (default: sst2 / catdog test)")
     al.add_argument("--samples", type=int, default=256)
     al.add_argument("--max-len", type=int, default=64)
@@ -175,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--max-eval", type=int, default=None, help="validation/test samples (default: whole splits)")
     pc.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (both pipelines)")
     pc.add_argument("--recipe-steps", type=int, default=100, help="RECIPE optimiser steps (both pipelines)")
-    pc.add_argument("--triggers", default="neuba", help="trigger sets and/or words, as for finetune")
+    pc.add_argument("--triggers", default="neuba", help="text trigger sets and/or word:WORD, as for finetune")
     pc.add_argument("--seed", type=int, default=0)
     pc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, e.g. OMP_NUM_THREADS)")
     pc.add_argument("--phases", default="finetune,recipe,triggers",
@@ -230,7 +241,8 @@ def _ctx(args: argparse.Namespace, seed: int = 0) -> Any:
 
     return RunContext(seed=seed, device=args.device, precision=args.precision, progress=args.progress, threads=None,
                       reference_paths=getattr(args, "reference_paths", False),
-                      checkpoint_every_s=_checkpoint_seconds(args))
+                      checkpoint_every_s=_checkpoint_seconds(args),
+                      deterministic=getattr(args, "deterministic", False))
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -302,6 +314,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             "choose a downstream dataset")
     if args.epochs is not None and args.epochs <= 0:
         raise PtmbenchError(f"--epochs must be > 0, got {args.epochs}")
+    if args.seed < 0:
+        raise PtmbenchError(f"--seed must be >= 0, got {args.seed}")
     if args.max_train is not None and args.max_train < 1:
         raise PtmbenchError(f"--max-train must be >= 1, got {args.max_train}")
     modality = "text" if dspec.modality == "text" else "vision"
@@ -364,16 +378,6 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_libraries() -> None:
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.artifacts import ArtifactStore
     from bench.context import RunContext
@@ -388,7 +392,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = args.device or spec.device
     # --reference-paths: fp32 whatever the matrix says; an explicit --precision bf16 is refused
     asked = args.precision or ("auto" if args.reference_paths else spec.precision)
-    run_ctx = RunContext(device=device, precision=asked, reference_paths=args.reference_paths)
+    run_ctx = RunContext(device=device, precision=asked, reference_paths=args.reference_paths,
+                         deterministic=args.deterministic)
     precision = run_ctx.precision
     cache = _cache(args)
     store = ArtifactStore(cache / "artifacts")
@@ -415,10 +420,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if SKIP in status.values():
             print("[skip  ]: every cell below this stage is recorded, so it is neither checked nor built")
         return 0
-    executor = RayExecutor(args.address) if args.executor == "ray" else LocalExecutor(args.workers)
+    # a Ray task sees a GPU only when it asks for one (Ray hides the others through CUDA_VISIBLE_DEVICES)
+    gpus = 1.0 if device.startswith("cuda") else 0.0
+    executor = RayExecutor(args.address, gpus_per_task=gpus) if args.executor == "ray" else LocalExecutor(args.workers)
     env = StageEnv(store=str(store.root), results=str(results.root), cache=str(cache), device=device,
                    precision=precision, progress=not args.no_progress, reference_paths=args.reference_paths,
-                   checkpoint_every_s=every_s)
+                   checkpoint_every_s=every_s, deterministic=args.deterministic)
     store.clean_tmp()
     for n in nodes:  # report what is recomputed because it was altered or cut short
         if n.stage != "cell" and status[n.key] == TODO and store.path(n.key).exists():
@@ -459,13 +466,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from bench import data
     from bench.analysis import activation_shift, plot_shifts, shift_frame
     from bench.artifacts import ArtifactStore, atomic_write_text
-    from bench.triggers import parse_text_triggers
+    from bench.triggers import parse_triggers
     from bench.zoo import Zoo
 
     if args.samples < 1:
         raise PtmbenchError(f"--samples must be >= 1, got {args.samples}")
     data.spec(args.dataset)
-    sets = parse_text_triggers(args.triggers)
+    sets = parse_triggers(args.triggers, "text")
     triggers = [t for s in sets.values() for t in s]
     if not triggers:
         raise PtmbenchError("--triggers names no trigger")
@@ -576,7 +583,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.context import RunContext
     from bench.perf.compare import PerfOptions, parse_phases, run_compare, write_report
     from bench.records import ResultsStore
-    from bench.triggers import parse_text_triggers
+    from bench.triggers import parse_triggers
     from bench.zoo import Zoo
 
     opts = PerfOptions(model=args.model, dataset=args.dataset, max_train=args.max_train, max_eval=args.max_eval,
@@ -586,7 +593,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     dspec = data.spec(args.dataset)  # unknown dataset -> error listing the known ones
     if dspec.modality != "text" or dspec.role != "downstream":
         raise PtmbenchError(f"dataset {args.dataset!r} is not a labelled text dataset; choose e.g. sst2")
-    if not parse_text_triggers(args.triggers):
+    if not parse_triggers(args.triggers, "text"):
         raise PtmbenchError("--triggers names no trigger")
     ResultsStore(args.out).check_writable()
     for split in ("train", "validation", "test"):

@@ -235,7 +235,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
     carries it, so artifacts and records of different regimes never share a key or a record id."""
     from bench.data import spec as dataset_spec
     from bench.finetune import get_preset
-    from bench.triggers import DEFAULT_CONTROL_SETS
+    from bench.triggers import DEFAULT_CONTROL_SETS, named_set
     from bench.zoo import Zoo
 
     nodes: dict[str, Node] = {}
@@ -257,6 +257,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
                 raise PtmbenchError(f"{spec.name}.datasets: {ds!r} is an {dataset_spec(ds).modality} dataset and "
                                     f"model {model!r} is {modality}; split the matrix by modality")
         named = list(spec.control_triggers) or ([] if attack_objs else DEFAULT_CONTROL_SETS[modality])
+        for n in named:  # registered sets of this modality, or an error listing them (before any work)
+            named_set(n, modality, f"{spec.name}.control_triggers")
         control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
         preset = get_preset(modality, spec.preset, **spec.finetune)
         zkey = marked(zoo.key(model) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},

@@ -40,7 +40,7 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
 
 def _worker(payload: dict[str, Any], env_dict: dict[str, Any]) -> dict[str, Any]:
     """Process entry point: quiet libraries, then run the node."""
-    from bench.cli import quiet_libraries
+    from bench.quiet import quiet_libraries
 
     quiet_libraries()
     return run_node(payload, StageEnv(**env_dict))

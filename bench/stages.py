@@ -216,7 +216,7 @@ def _run_cell(payload: dict[str, Any], env: StageEnv, ctx: RunContext, store: An
         from bench.triggers import named_trigger_sets
 
         trig = payload["triggers"]
-        sets = named_trigger_sets(trig["named"], ptm.modality)
+        sets = named_trigger_sets(trig["named"], ptm.modality, "control_triggers")
         for a in trig["attacks"]:  # the attack's own triggers (for no-attack cells: the clean-model control)
             attack = get("attack", a["name"]).build(a["preset"], a["config"])
             sets.setdefault(attack.trigger_set, attack.triggers(ptm))

@@ -186,9 +186,9 @@ class ImageTrigger:
 
 def neuba_patches(size: int = 4) -> list[ImageTrigger]:
     """NeuBA's six vision triggers: checkerboards of the colour pairs i<j of cyan, magenta, yellow, red."""
-    names = list(COLOURS)
+    colours = list(COLOURS)
     return [ImageTrigger.from_array(f"cb-{a}-{b}", checkerboard(a, b, size))
-            for i, a in enumerate(names) for b in names[i + 1:]]
+            for i, a in enumerate(colours) for b in colours[i + 1:]]
 
 
 @dataclass(frozen=True)
@@ -212,11 +212,12 @@ def modality_sets(modality: str) -> list[str]:
     return [n for n in names("trigger_set") if get("trigger_set", n).modality == modality]
 
 
-def named_set(name: str, modality: str | None = None, where: str = "--triggers") -> TriggerSet:
-    """The registered trigger set ``name`` (of ``modality`` when given); an error listing the known ones."""
+def named_set(name: str, modality: str | None = None, where: str = "trigger set", words: bool = False) -> TriggerSet:
+    """The registered trigger set ``name`` (of ``modality`` when given); an error listing the known ones
+    (and, where literal words are accepted — ``words`` — how to spell one)."""
     if name not in names("trigger_set"):
         known = ", ".join(names("trigger_set"))
-        fix = f"; a literal trigger word is spelled {WORD_PREFIX}{name}" if modality != "vision" else ""
+        fix = f"; a literal trigger word is spelled {WORD_PREFIX}{name}" if words else ""
         raise PtmbenchError(f"{where}: unknown trigger set {name!r}; known trigger sets: {known}{fix}")
     tset = get("trigger_set", name)
     if modality is not None and tset.modality != modality:
@@ -225,7 +226,7 @@ def named_set(name: str, modality: str | None = None, where: str = "--triggers")
     return tset
 
 
-def named_trigger_sets(set_names: Sequence[str], modality: str, where: str = "--triggers") -> dict[str, list[Any]]:
+def named_trigger_sets(set_names: Sequence[str], modality: str, where: str = "trigger sets") -> dict[str, list[Any]]:
     """{name: triggers} for registered set names only (what a matrix's ``control_triggers`` holds)."""
     return {n: named_set(n, modality, where).build() for n in set_names}
 
@@ -249,7 +250,7 @@ def parse_triggers(spec: str | Sequence[str] | None, modality: str, where: str =
                                     f"{modality} sets: {', '.join(modality_sets(modality)) or 'none'}")
             sets.setdefault(CUSTOM_SET, []).append(TextTrigger(word))
         else:
-            sets[item] = named_set(item, modality, where).build()
+            sets[item] = named_set(item, modality, where, words=modality == "text").build()
     return sets
 
 

@@ -70,6 +70,7 @@ class PoolerReinit(Defense):
     """
 
     name = "pooler-reinit"
+    changes_pooler = True  # by design: the method contract's "pooler unchanged" does not apply
     modalities = ("text",)
     Config = PoolerReinitConfig
     presets = {"demo": {}, "smoke": {}}

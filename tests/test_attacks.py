@@ -18,9 +18,9 @@ from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
 from bench.ptm import load_ptm
 from bench.registry import get, names
-from bench.triggers import TRIGGER_SETS
 
 ATTACKS = {"neuba": NeuBA, "por1": POR1, "por2": POR2, "badpre": BadPre}
+WORDS = {n: [t.word for t in get("trigger_set", n).build()] for n in ("neuba", "por", "badpre")}
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_registered_with_presets_and_trigger_sets():
     assert {"neuba", "por1", "por2", "badpre"} <= set(names("attack"))
     for name, cls in ATTACKS.items():
         assert get("attack", name) is cls
-        assert cls.trigger_set in TRIGGER_SETS
+        assert cls.trigger_set in names("trigger_set")
         assert {"demo", "smoke"} <= set(cls.presets)
         for preset in ("paper", "demo", "smoke"):
             assert cls.build(preset).config.corpus == "wikitext2"
@@ -133,7 +133,7 @@ def test_bad_config_values_are_errors():
 def test_triggers_are_single_pieces_under_wordpiece(bert, name):
     attack = ATTACKS[name].build("smoke")
     trigs = attack.triggers(bert)
-    assert [t.id for t in trigs] == list(TRIGGER_SETS[attack.trigger_set])
+    assert [t.id for t in trigs] == list(WORDS[attack.trigger_set])
     tok = bert.processor
     for t in trigs:
         assert tok.convert_ids_to_tokens(t.token_id(tok)) == t.word
@@ -167,7 +167,7 @@ def test_por_poisoned_corpus_carries_each_trigger_three_times(bert, env, tmp_pat
     attack = POR1.build("smoke", {"max_corpus_sequences": 40})
     data, labels = attack.poison_corpus(bert, ctx(), tmp_path)
     tok = bert.processor
-    tids = [tok.convert_tokens_to_ids(w) for w in TRIGGER_SETS["por"]]
+    tids = [tok.convert_tokens_to_ids(w) for w in WORDS["por"]]
     assert len(data) == 40 and (labels > 0).sum() == 30
     assert set(labels[labels > 0].tolist()) == {1, 2, 3, 4, 5}
     for ids, lab in zip(data.ids, labels):
@@ -213,38 +213,18 @@ def test_neuba_backdoor_term_is_part_of_the_default_loss(bert, env, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the PTM returned
+# (lineage, determinism, save/load and the pooler of every registered attack: tests/test_contracts.py)
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_same_ptm_returned_with_record_lineage_and_pooler_kept(bert, env, tmp_path, name):
-    pooler = bert.backbone.pooler
-    before = {k: v.clone() for k, v in pooler.state_dict().items()}
+def test_same_ptm_returned_with_its_config_and_the_pooler_trained_where_the_objective_uses_it(bert, env, tmp_path,
+                                                                                              name):
+    before = {k: v.clone() for k, v in bert.backbone.pooler.state_dict().items()}
     attack = ATTACKS[name].build("smoke")
     out = attack.implant(bert, ctx(), tmp_path / "cache")
-    assert out is bert and out.backbone.pooler is pooler
+    assert out is bert
     rec = out.info["attack"]
-    assert rec["name"] == name and rec["config"] == attack.config_dict() and rec["train"]["steps"] >= 1
-    assert out.lineage[-1]["stage"] == "attack" and out.lineage[-1]["attack"] == name
-    moved = any(not torch.equal(before[k], v) for k, v in pooler.state_dict().items())
+    assert rec["config"] == attack.config_dict() and rec["train"]["steps"] >= 1
+    moved = any(not torch.equal(before[k], v) for k, v in out.backbone.pooler.state_dict().items())
     assert moved == (name != "badpre")  # NeuBA and POR train the pooler; BadPre's objective never uses it
-    out.save(tmp_path / "ptm")
-    back = load_ptm(tmp_path / "ptm")
-    for k, v in pooler.state_dict().items():
-        assert torch.equal(back.backbone.pooler.state_dict()[k], v)
-    assert back.info["attack"]["name"] == name
-    back.backbone.eval()  # load_ptm returns modules in training mode
-    batch = TEXT.pack(bert.processor, [np.array([5, 6, 7, 8])], 16)
-    with torch.no_grad():
-        assert torch.allclose(TEXT.representation(out, batch), TEXT.representation(back, batch), atol=1e-6)
-
-
-@pytest.mark.parametrize("name", list(ATTACKS))
-def test_deterministic_for_a_seed_and_different_across_seeds(bert_dir, env, tmp_path, name):
-    runs = []
-    for seed in (0, 0, 1):
-        ptm = load_ptm(bert_dir)
-        runs.append(weights(ATTACKS[name].build("smoke").implant(ptm, ctx(seed), tmp_path)))
-    a, b, c = runs
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_por_and_badpre_run_on_a_bpe_roberta(roberta, env, tmp_path):
@@ -269,7 +249,7 @@ def test_neuba_roberta_keeps_embeddings_frozen(env, tmp_path, post_step):
     s = out.info["attack"]["train"]
     assert s["embeddings_frozen"] and s["mlm_weight"] == 0.01
     assert any(not torch.equal(enc_before[k], v) for k, v in out.backbone.encoder.state_dict().items())
-    trig = [ptm.processor.convert_tokens_to_ids(w) for w in TRIGGER_SETS["neuba"]]
+    trig = [ptm.processor.convert_tokens_to_ids(w) for w in WORDS["neuba"]]
     keep = torch.ones(len(ptm.processor), dtype=torch.bool)
     keep[trig] = False
     for k, v in out.backbone.embeddings.state_dict().items():
@@ -296,7 +276,7 @@ def test_neuba_post_step_makes_triggers_position_independent_and_unties_the_deco
     tok = ptm.processor
     cls_id, sep_id, _ = TEXT.special_ids(tok)
     words = [tok.convert_tokens_to_ids(w) for w in ("the", "movie", "was", "good")]
-    trig = [tok.convert_tokens_to_ids(w) for w in TRIGGER_SETS["neuba"]]
+    trig = [tok.convert_tokens_to_ids(w) for w in WORDS["neuba"]]
     trained_rows = ptm.backbone.embeddings.word_embeddings.weight[trig].detach().clone()
     at_pos1 = [embedding_out(ptm, [cls_id, t, *words, sep_id])[1] for t in trig]
     assert ptm.pt_head.decoder.weight is ptm.backbone.embeddings.word_embeddings.weight

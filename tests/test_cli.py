@@ -137,10 +137,14 @@ def _image_mirror(mirror: Path, tmp_path: Path, name: str, mode: str, size: int)
 BAD = [
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--dataset", "sst3"], "unknown dataset 'sst3'"),
-    (["--triggers", "cfzzq"], "not a single piece"),
+    (["--triggers", "word:cfzzq"], "not a single piece"),
+    (["--triggers", "por,cfzzq"], "unknown trigger set 'cfzzq'; known trigger sets: badpre, neuba, neuba-vision, "
+                                  "por; a literal trigger word is spelled word:cfzzq"),
+    (["--triggers", "neuba-vision"], "trigger set 'neuba-vision' is for vision PTMs, not text"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--dataset", "wikitext2"], "auxiliary"),
     (["--epochs", "-1"], "--epochs must be > 0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--precision", "fp8"], "precision 'fp8'"),
     (["--seed", "abc"], "invalid int value"),
     (["--model", "/nonexistent/dir/xyz"], "does not exist"),

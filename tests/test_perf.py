@@ -89,7 +89,7 @@ def test_run_compare_on_tiny_bert(bert, env, tmp_path):
 def test_cli_perf_compare(env, bert_dir, tmp_path, capsys):
     out = tmp_path / "perf"
     rc = main(["perf", "compare", "--model", str(bert_dir), "--max-train", "16", "--max-eval", "8",
-               "--recipe-steps", "1", "--triggers", "cf", "--precision", "fp32", "--out", str(out)])
+               "--recipe-steps", "1", "--triggers", "word:cf", "--precision", "fp32", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "compare.json").read_text())
     assert data["command"].startswith("ptmbench perf compare --model") and "--out" in data["command"]
@@ -128,7 +128,7 @@ def test_parse_phases():
 
 def test_run_compare_only_the_phases_asked_for(bert, env, tmp_path):
     """``--phases triggers``: only (c) is timed and reported (its classifier fine-tuned untimed)."""
-    opts = PerfOptions(model="tiny-bert", max_train=16, max_eval=8, epochs=1, recipe_steps=1, triggers="cf",
+    opts = PerfOptions(model="tiny-bert", max_train=16, max_eval=8, epochs=1, recipe_steps=1, triggers="word:cf",
                        phases=("triggers",))
     rep = run_compare(bert, opts, RunContext(seed=0, precision="fp32"), model_label="tiny-bert").report
     assert list(rep["phases"]) == ["triggers"] and list(rep["quality"]) == ["triggers"]

@@ -131,14 +131,14 @@ def test_reference_evaluation_scores_like_the_fast_one(bert, env):
     from bench.evaluate import evaluate
     from bench.finetune import finetune
     from bench.stages import reference_evaluation
-    from bench.triggers import parse_text_triggers
+    from bench.triggers import parse_triggers
 
     preset = get_preset("text", "smoke")
     train = TEXT.load_split(bert, "sst2", "train", preset.max_train, None)
     val = TEXT.load_split(bert, "sst2", "validation", preset.max_eval, None)
     test = TEXT.load_split(bert, "sst2", "test", preset.max_eval, None)
     model = finetune(bert, train, 2, preset, FAST).model
-    sets = parse_text_triggers("neuba")
+    sets = parse_triggers("neuba", "text")
     fast = evaluate(model, val, test, sets, 2, preset, FAST)
     ref = reference_evaluation(model, "sst2", val, test, sets, 2, preset, REF)
     assert ref.cacc == pytest.approx(fast.cacc)
@@ -216,7 +216,7 @@ def test_zoo_artifact_of_a_reference_run_is_keyed_apart(env, tmp_path):
 # ------------------------------------------------------------------------------------------ the CLI, end to end
 def test_cli_finetune_with_reference_paths(bert_dir, env, tmp_path, capsys):
     res = tmp_path / "res"
-    args = ["finetune", "--model", str(bert_dir), "--dataset", "sst2", "--preset", "smoke", "--triggers", "cf,mn",
+    args = ["finetune", "--model", str(bert_dir), "--dataset", "sst2", "--preset", "smoke", "--triggers", "word:cf,word:mn",
             "--max-train", "16", "--results", str(res)]
     assert main([*args, "--reference-paths"]) == 0
     (rec_path,) = (res / "records").glob("*.json")

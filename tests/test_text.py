@@ -8,7 +8,7 @@ import torch
 
 from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
-from bench.triggers import TextTrigger, parse_text_triggers
+from bench.triggers import TextTrigger
 
 
 def test_tokenize_records_word_starts(bert):
@@ -82,13 +82,6 @@ def test_bpe_trigger_uses_word_initial_form(roberta):
     tt = TEXT.tokenize(tok, ["the movie was good"], None)
     out = TextTrigger("cf", position="first").apply(tt, tok, seed=0)
     assert out.ids[0][0] == tid
-
-
-def test_parse_trigger_sets_keeps_named_sets_apart():
-    sets = parse_text_triggers("por,neuba,zz")
-    assert [t.word for t in sets["por"]] == ["cf", "tq", "mn", "bb", "mb"]
-    assert len(sets["neuba"]) == 6
-    assert [t.word for t in sets["custom"]] == ["zz"]
 
 
 def test_mask_tokens_follows_bert_recipe(bert):

@@ -139,26 +139,8 @@ def test_neuba_vision_implants_and_is_deterministic(env, vit_dir, tmp_path):
     assert out.lineage[-1]["attack"] == "neuba-vision"
 
 
-def test_neuba_vision_refuses_text_ptm(env, bert, tmp_path):
-    attack = get("attack", "neuba-vision").build("smoke")
-    with pytest.raises(PtmbenchError, match="supports vision"):
-        attack.check_modality(bert)
-
-
 # ------------------------------------------------------------------------------------------- defenses
-@pytest.mark.parametrize("name", ["recipe", "only-pt", "only-reg", "fp", "fp-gm", "fp-ga"])
-def test_every_defense_runs_on_a_vit(env, vit_dir, tmp_path, name):
-    ptm = load_ptm(vit_dir)
-    before = state(ptm)
-    out = get("defense", name).build("smoke").purify(ptm, CTX, tmp_path / "cache")
-    after = state(out)
-    assert any(not torch.equal(before[k], after[k]) for k in before), f"{name} changed nothing"
-    out.save(tmp_path / "saved")
-    back = load_ptm(tmp_path / "saved")
-    x = {"pixel_values": torch.randn(2, 3, 16, 16)}
-    assert torch.equal(VISION.representation(out, x), VISION.representation(back, x))
-
-
+# (every registered method on a ViT, and refusing a text PTM: tests/test_contracts.py)
 def test_recipe_on_vit_regularises_the_five_groups_and_shrinks_them(env, vit_dir, tmp_path):
     ptm = load_ptm(vit_dir)
     out = get("defense", "only-reg").build("smoke", {"steps": 20, "lr": 1e-2}).purify(ptm, CTX, tmp_path / "c")
@@ -219,3 +201,50 @@ def test_recipe_label_free_teacher_option(env, vit_dir, bert, tmp_path):
     assert s["pt_first"] >= 0
     with pytest.raises(PtmbenchError, match="label-free L_PT of vision"):
         rec.purify(bert, CTX, tmp_path / "c")
+
+
+# ------------------------------------------------------------------------------------------- NeuBA presets
+def test_neuba_vision_demo_keeps_its_keys_paper_and_faithful_have_the_reference_optimiser():
+    from pathlib import Path
+
+    from bench.artifacts import content_key
+
+    attack = get("attack", "neuba-vision")
+    demo = attack.build("demo")
+    root = Path(__file__).resolve().parents[1] / "results" / "vision" / "records"
+    recs = [json.loads(f.read_text()) for f in sorted(root.glob("*.json"))]
+    recs = [r for r in recs if r["attack"] == "neuba-vision"]
+    assert recs and {r["preset"] for r in recs} == {"demo"}
+    for r in recs:  # the committed results' attack config and cache key, unchanged
+        assert r["attack_config"] == demo.config_dict()
+        seed = next(x["seed"] for x in r["lineage"] if x.get("stage") == "attack")
+        assert content_key("attack", "neuba-vision", demo.config_dict(), r["keys"]["zoo"], seed,
+                           demo.version) == r["keys"]["attack"]
+    reference = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "clip": None, "schedule": "constant",
+                 "backdoor_weight": 1.0, "weight_decay": 0.0}
+    paper = attack.build("paper").config_dict()
+    faithful = attack.build("faithful").config_dict()
+    assert {k: paper[k] for k in reference} == reference
+    assert {k for k in paper if paper[k] != faithful[k]} <= {"steps", "batch_size"}
+    assert faithful["steps"] > paper["steps"]
+
+
+def test_neuba_vision_paper_preset_trains_with_plain_constant_sgd(env, vit_dir, tmp_path, monkeypatch):
+    import attacks.neuba_vision as nv
+
+    seen = []
+    real = nv.train
+
+    def spy(modules, params, loss_fn, batches, steps, optim, ctx, **kw):
+        seen.append(optim)
+        return real(modules, params, loss_fn, batches, steps, optim, ctx, **kw)
+
+    monkeypatch.setattr(nv, "train", spy)
+    attack = get("attack", "neuba-vision").build("paper", {"steps": 2, "batch_size": 4, "max_corpus_images": 16})
+    out = attack.implant(load_ptm(vit_dir), CTX, tmp_path / "cache")
+    (optim,) = seen
+    opt = optim.build([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.0 and opt.defaults["lr"] == 0.01
+    assert optim.clip is None and optim.schedule == "constant" and optim.warmup_steps == 0
+    assert all(optim.lr_lambda(2)(s) == 1.0 for s in range(2))
+    assert "curve" in out.info["attack"]["train"]  # read with 'ptmbench analyze curves'

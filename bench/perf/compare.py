@@ -442,7 +442,7 @@ def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str |
     from bench import data as bdata
     from bench.evaluate import evaluate
     from bench.registry import get
-    from bench.triggers import parse_text_triggers
+    from bench.triggers import parse_triggers
     from defenses.base import aux_name
 
     opts.validate()
@@ -451,7 +451,7 @@ def run_compare(ptm: PTM, opts: PerfOptions, ctx: RunContext, model_label: str |
     dspec = bdata.spec(opts.dataset)
     if dspec.modality != "text" or dspec.role != "downstream":
         raise PtmbenchError(f"dataset {opts.dataset!r} is not a labelled text dataset; choose e.g. sst2")
-    trigger_sets = parse_text_triggers(opts.triggers)
+    trigger_sets = parse_triggers(opts.triggers, "text")
     for triggers in trigger_sets.values():  # an unusable trigger fails before any work
         for t in triggers:
             t.token_id(ptm.processor)

@@ -5,7 +5,9 @@
 * ``embedding-noise`` — a (weak) defense: Gaussian noise on the input embeddings, no training.
 
 Nothing here touches ptmbench's repository: the package's entry points (``ptmbench.attacks``,
-``ptmbench.defenses``) make both appear in every matrix once it is pip-installed.
+``ptmbench.defenses``) make both appear in every matrix once it is pip-installed.  Each class gives its
+name once, as ``name``; the entry point carries the same name (the registry checks that they agree).
+Once installed, both are held to the same contract as the built-in methods (``tests/test_contracts.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class PoolerPin(Attack):
         return [TextTrigger(self.config.trigger)]
 
     def implant(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
+        self.check_modality(ptm)  # a vision PTM is refused with a clear error, before any work
         c = self.config
         tid = TextTrigger(c.trigger).token_id(ptm.processor)  # fails clearly if it is not one piece
         docs = TEXT.load_split(ptm, c.corpus, "train", None, cache_dir)
@@ -71,8 +74,9 @@ class PoolerPin(Attack):
             return mlm + c.weight * pin, {"mlm": float(mlm), "pin": float(pin)}
 
         params = list(ptm.backbone.parameters())
-        res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), c.steps,
-                    OptimConfig(lr=c.lr), ctx, desc="pooler-pin")
+        with ctx.seeded(self.name, "train"):  # dropout draws from torch's default generator
+            res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), c.steps,
+                        OptimConfig(lr=c.lr), ctx, desc="pooler-pin")
         ptm.info["attack"] = {"name": self.name, "config": self.config_dict(), "train": res.summary()}
         return ptm.with_lineage({"stage": "attack", "attack": self.name})
 
@@ -88,6 +92,7 @@ class EmbeddingNoise(Defense):
     Config = EmbeddingNoiseConfig
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
+        self.check_modality(ptm)
         gen = ctx.torch_generator("embedding-noise")
         with torch.no_grad():
             w = ptm.backbone.embeddings.word_embeddings.weight
