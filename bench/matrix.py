@@ -227,6 +227,21 @@ def _dir_modality(p: Path) -> str:
     return read_description(p)["modality"] if (p / PTM_FILE).is_file() else "text"
 
 
+def safe_name(text: str) -> str:
+    """``text`` as one file-name component (a user dataset's path becomes ``_``-joined); registered names pass
+    through unchanged, so their keys stay as they were."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+def data_identity(dataset: str) -> dict[str, str]:
+    """``{"data_sha256": …}`` for a user's dataset (its files' sha256), so an edited file is a new cell with a new
+    record id; empty for registered datasets (mirror files are checked against MANIFEST.json instead)."""
+    from bench.data import spec as dataset_spec
+
+    sha = (getattr(dataset_spec(dataset), "record_fields", {}).get("data") or {}).get("sha256")
+    return {"data_sha256": str(sha)} if sha else {}
+
+
 def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> list[Node]:
     """Expand the matrix into nodes in dependency order, deduplicated by key.
 
@@ -302,8 +317,10 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
                     for seed in spec.seeds:
                         ident = {"model": model, "attack": a.name, "defense": d.name, "dataset": ds, "seed": seed,
                                  "preset": preset.name, "attack_config": acfg, "defense_config": dcfg,
-                                 "finetune_config": preset.to_dict(), **({"regime": regime} if regime else {})}
-                        ckey = marked(content_key("cell", f"{a.name}.{d.name}.{ds}", ident, dkey, seed, "1"), regime)
+                                 "finetune_config": preset.to_dict(), **({"regime": regime} if regime else {}),
+                                 **data_identity(ds)}
+                        ckey = marked(content_key("cell", f"{a.name}.{d.name}.{safe_name(ds)}", ident, dkey, seed,
+                                                  "1"), regime)
                         # labels name the records; the key and ident above hold registry names only
                         labels = {"attack": a.display, "defense": d.display}
                         nodes.setdefault(ckey, Node(ckey, "cell",

@@ -239,6 +239,13 @@ def test_matrix_takes_paths_and_mappings(env, bert_dir, tmp_path):
     assert spec.datasets == ["sst2", ident]
     cells = [n for n in plan(spec, ArtifactStore(tmp_path / "cache" / "artifacts")) if n.stage == "cell"]
     assert sorted(n.payload["ident"]["dataset"] for n in cells) == sorted(["sst2", ident])
+    user = next(n for n in cells if n.payload["ident"]["dataset"] == ident)
+    assert user.payload["ident"]["data_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert "/" not in user.key and "data_sha256" not in next(n for n in cells if n is not user).payload["ident"]
+    edited = write_csv(tmp_path / "rev.csv", 31, text="review", label="stars")  # same path, new content
+    assert edited == f
+    again = [n for n in plan(load_matrix(m), ArtifactStore(tmp_path / "cache" / "artifacts")) if n.stage == "cell"]
+    assert user.key not in {n.key for n in again}  # an edited file is a new cell, never a stale record
     m.write_text(yaml.safe_dump({"models": [str(bert_dir)], "datasets": [{"path": str(f)}]}))
     with pytest.raises(PtmbenchError, match="no text column .*set --text-column"):
         load_matrix(m)
