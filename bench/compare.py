@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.artifacts import canonical_json
 from bench.errors import PtmbenchError
+from bench.records import check_schema
 
 ALIGN = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
 SHOWN = (("cacc", "CACC"), ("aasr", "AASR"), ("masr", "MASR"))
@@ -44,6 +45,7 @@ def load_records(root: Path | str, role: str) -> list[dict[str, Any]]:
             missing = [k for k in ALIGN if not isinstance(rec, dict) or k not in rec]
             raise PtmbenchError(f"{role} record {f} is not a cell record (no {', '.join(missing)}); restore or "
                                 "delete it")
+        check_schema(rec, f)
         out.append(rec)
     return out
 

@@ -17,6 +17,9 @@ from bench.artifacts import atomic_write_text, canonical_json
 from bench.errors import PtmbenchError
 
 IDENTITY = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
+# The record schema this version writes and reads.  0: records written before the field existed (readers
+# backfill what they lack); 1: adds ``schema`` itself.  A record of a newer schema is refused, not misread.
+SCHEMA = 1
 CELL_COLUMNS = ["model", "attack", "defense", "dataset", "seed", "preset", "triggers", "cacc", "aasr", "masr",
                 "casr", "alc", "alc_threshold", "n_train", "n_val", "n_test", "precision", "majority_share",
                 "clean_top_share", "collapsed"]
@@ -42,6 +45,14 @@ def cell_identity(payload: dict[str, Any]) -> dict[str, Any]:
     """The identity a matrix cell's records carry: its stage identity with the attack and defense named by
     their matrix labels (display names; the stage identity and cache key keep the registry names)."""
     return {**payload["ident"], **payload.get("labels", {})}
+
+
+def check_schema(rec: dict[str, Any], where: Path) -> None:
+    """Refuse a record written under a newer schema than :data:`SCHEMA` (missing: 0, the first records)."""
+    version = rec.get("schema", 0)
+    if not isinstance(version, int) or version > SCHEMA:
+        raise PtmbenchError(f"{where}: record schema {version!r} is newer than this ptmbench reads ({SCHEMA}); "
+                            "upgrade ptmbench to read this store")
 
 
 class ResultsStore:
@@ -94,7 +105,17 @@ class ResultsStore:
     def load(self) -> list[dict[str, Any]]:
         if not self.records_dir.is_dir():
             raise PtmbenchError(f"no records under {self.records_dir}; run a matrix or `ptmbench finetune` first")
-        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+        out = []
+        for p in sorted(self.records_dir.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError) as e:
+                raise PtmbenchError(f"{p}: unreadable record ({e}); delete it and re-run its cell") from e
+            if not isinstance(rec, dict):
+                raise PtmbenchError(f"{p}: a record must be a JSON object; delete it and re-run its cell")
+            check_schema(rec, p)
+            out.append(rec)
+        return out
 
 
 def _regime_name(regime: str | None) -> str:

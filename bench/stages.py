@@ -17,6 +17,7 @@ from bench.context import RunContext, cpu_description
 from bench.evaluate import evaluate
 from bench.finetune import FinetunePreset, finetune
 from bench.ptm import PTM
+from bench.records import SCHEMA
 
 
 def versions() -> dict[str, str]:
@@ -65,6 +66,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
     for set_name, m in ev.by_set.items():
         d = m.to_dict()
         rec = {
+            "schema": SCHEMA,
             "model": cell.model, "attack": cell.attack, "defense": cell.defense, "dataset": cell.dataset,
             "attack_method": cell.attack_method or cell.attack,
             "defense_method": cell.defense_method or cell.defense,

@@ -123,3 +123,22 @@ def test_run_prints_the_matrix_table_when_narrow_and_the_headline_when_wide(tmp_
     text = terminal_table(wide)
     assert "avg AASR" in text and "| m | neuba | fp-gm | demo | neuba | agnews+offenseval+sst2 | 1 |" in text
     assert "none · sst2" not in text and str(wide["matrix_md"]) in text and "## Collapsed" not in text
+
+
+def test_records_carry_a_schema_and_a_newer_one_is_refused(tmp_path):
+    import json
+
+    from bench.errors import PtmbenchError
+    from bench.records import SCHEMA, ResultsStore
+
+    store = ResultsStore(tmp_path)
+    rec = {"model": "m", "attack": "none", "defense": "none", "dataset": "sst2", "preset": "smoke", "seed": 0,
+           "triggers": "neuba"}
+    store.write(rec)  # schema 0: a record from before the field, read as it is
+    assert store.load() == [rec]
+    store.write({**rec, "seed": 1, "schema": SCHEMA})
+    assert [r.get("schema", 0) for r in store.load()] == [0, SCHEMA]
+    newer = {**rec, "seed": 2, "schema": SCHEMA + 1}
+    (tmp_path / "records" / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(PtmbenchError, match=r"record schema 2 is newer than this ptmbench reads \(1\)"):
+        store.load()
