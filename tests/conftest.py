@@ -208,3 +208,23 @@ def roberta(roberta_dir: Path):
     from bench.ptm import load_ptm
 
     return load_ptm(roberta_dir)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and the CI box is shared); restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cancel_after(n: int):
+    """A ``RunContext.cancel`` that lets ``n`` training steps start, then cancels (a cut at a known step)."""
+    count = {"n": 0}
+
+    def cancel() -> bool:
+        count["n"] += 1
+        return count["n"] > n
+
+    return cancel

@@ -23,13 +23,7 @@ ATTACKS = {"neuba": NeuBA, "por1": POR1, "por2": POR2, "badpre": BadPre}
 WORDS = {n: [t.word for t in get("trigger_set", n).build()] for n in ("neuba", "por", "badpre")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the CI box is shared); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ctx(seed: int = 0) -> RunContext:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import cancel_after
 from torch import nn
 
 from bench.checkpoint import progress
@@ -43,21 +44,13 @@ def _toy(ctx: RunContext, steps: int, calls: int = 2) -> tuple[nn.Module, list[l
     return model, losses
 
 
-def _cancel_after(n: int):
-    count = {"n": 0}
-
-    def cancel() -> bool:
-        count["n"] += 1
-        return count["n"] > n
-
-    return cancel
 
 
 @pytest.mark.parametrize("cut", [3, 15, 17, 29])  # mid first call, at the call boundary, mid second call
 def test_cut_training_resumes_bit_for_bit(tmp_path: Path, cut: int) -> None:
     ref_model, ref_losses = _toy(RunContext(seed=3, precision="fp32"), steps=15)
     ckdir = tmp_path / "ck"
-    ctx = RunContext(seed=3, precision="fp32", checkpoint_every_s=0, cancel=_cancel_after(cut))
+    ctx = RunContext(seed=3, precision="fp32", checkpoint_every_s=0, cancel=cancel_after(cut))
     with pytest.raises(KeyboardInterrupt), ctx.checkpointed(ckdir):
         _toy(ctx, steps=15)
     assert ckdir.is_dir() and progress(ckdir) is not None  # kept for the re-run
@@ -71,7 +64,7 @@ def test_cut_training_resumes_bit_for_bit(tmp_path: Path, cut: int) -> None:
 
 
 def test_progress_reports_call_and_step(tmp_path: Path) -> None:
-    ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0, cancel=_cancel_after(7))
+    ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0, cancel=cancel_after(7))
     with pytest.raises(KeyboardInterrupt), ctx.checkpointed(tmp_path / "ck"):
         _toy(ctx, steps=10, calls=1)
     p = progress(tmp_path / "ck")
@@ -79,7 +72,7 @@ def test_progress_reports_call_and_step(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_other_code_is_refused(tmp_path: Path) -> None:
-    ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0, cancel=_cancel_after(4))
+    ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0, cancel=cancel_after(4))
     with pytest.raises(KeyboardInterrupt), ctx.checkpointed(tmp_path / "ck"):
         _toy(ctx, steps=10, calls=1)
     ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cancel_after
 
 from bench.artifacts import ArtifactStore
 from bench.checkpoint import progress
@@ -45,14 +46,6 @@ def _weights(ptm) -> dict[str, torch.Tensor]:
             **{f"h.{k}": v for k, v in ptm.pt_head.state_dict().items()}}
 
 
-def _cancel_after(n: int):
-    count = {"n": 0}
-
-    def cancel() -> bool:
-        count["n"] += 1
-        return count["n"] > n
-
-    return cancel
 
 
 def test_build_reports_top1_per_epoch_and_is_deterministic(env, tiny_spec, tmp_path):
@@ -81,7 +74,7 @@ def test_build_reports_top1_per_epoch_and_is_deterministic(env, tiny_spec, tmp_p
 def test_killed_build_resumes_bit_for_bit(env, tiny_spec, tmp_path, cut):
     _, ref, _ = _build(tmp_path / "ref", RunContext(precision="fp32", checkpoint_every_s=None))
     cache = tmp_path / "cut"
-    ctx = RunContext(precision="fp32", checkpoint_every_s=0, cancel=_cancel_after(cut))
+    ctx = RunContext(precision="fp32", checkpoint_every_s=0, cancel=cancel_after(cut))
     with pytest.raises(KeyboardInterrupt):
         _build(cache, ctx)
     ckdirs = list((cache / "artifacts" / ".checkpoints").iterdir())
