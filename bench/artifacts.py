@@ -150,11 +150,23 @@ class ArtifactStore:
         return self.path(key)
 
     def clean_tmp(self) -> int:
-        """Remove temporary directories left by killed runs; returns how many."""
+        """Remove temporary directories left by killed runs; returns how many.  A directory whose stage lock is
+        held belongs to a runner still writing it (runners share a cache) and is left alone."""
+        from filelock import Timeout
+
         n = 0
         for p in self.root.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
-            n += 1
+            key = p.name[len(".tmp-"):].rsplit("-", 1)[0]  # mkdtemp(prefix=f".tmp-{key}-") adds a random tail
+            lock = self.lock(key)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+            finally:
+                lock.release()
         return n
 
 

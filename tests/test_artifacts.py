@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.artifacts import ArtifactStore, content_key, weights_digest
@@ -71,3 +73,16 @@ def test_weights_digest_follows_the_weight_files_only(tmp_path):
     c = weights_digest(store.meta(store.write("c", writer(b"w2", "run 1"), {})))
     assert a == b and a != c and len(a) == 16 and int(a, 16) >= 0
     assert weights_digest(store.meta(store.write("d", lambda d: (d / "x.txt").write_text("1"), {}))) is None
+
+
+def test_clean_tmp_leaves_a_directory_whose_stage_is_still_being_written(tmp_path):
+    """Runners share a cache: one starting must not delete the temporary directory another is writing into."""
+    import tempfile
+
+    store = ArtifactStore(tmp_path)
+    live = Path(tempfile.mkdtemp(prefix=".tmp-attack-neuba-0123456789abcdef-", dir=tmp_path))
+    stale = Path(tempfile.mkdtemp(prefix=".tmp-zoo-minilm-l6-mlm-fedcba9876543210-fp32-", dir=tmp_path))
+    with store.lock("attack-neuba-0123456789abcdef"):
+        assert store.clean_tmp() == 1
+        assert live.is_dir() and not stale.exists()
+    assert store.clean_tmp() == 1 and not live.exists()
