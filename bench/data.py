@@ -218,6 +218,13 @@ def dataset_name(name: str, text_column: str | None = None, label_column: str | 
     return dataset_id(name, text_column, label_column)
 
 
+def check_splits(name: str, splits: Iterable[str] = ("train", "validation", "test")) -> None:
+    """Load one sample of each split of ``name``, so a missing or damaged mirror file (or an unreadable file
+    of the user's) fails before any work, naming the file."""
+    for split in splits:
+        load_split(name, split, max_samples=1)
+
+
 def has_current_record(store: Any, rec: Mapping[str, Any], dspec: Any) -> bool:
     """Whether ``store`` holds the record of ``rec``'s identity, made from the same data: for the user's own
     data the stored record's ``data.sha256`` must be the files' current one (an edited file is recomputed)."""

@@ -55,6 +55,11 @@ FAMILY_PATTERNS = {
 TRIGGER_ROWS = "trigger_rows"
 
 
+def default_dataset(modality: str) -> str:
+    """The inputs a locus analysis triggers when none are named: the test split of sst2 (text) or catdog."""
+    return "sst2" if modality == "text" else "catdog"
+
+
 def family_of(name: str, modality: str) -> str:
     for fam, pat in FAMILY_PATTERNS[modality]:
         if re.search(pat, name):

@@ -47,6 +47,18 @@ def cell_identity(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload["ident"], **payload.get("labels", {})}
 
 
+def finetune_identity(model: str, dataset: str, seed: int, preset: str, finetune_config: dict[str, Any],
+                      regime: str | None = None) -> dict[str, Any]:
+    """What names the records of a plain fine-tune (no attack, no defense) of ``model`` on ``dataset``, less
+    the trigger set: with ``triggers`` added, the identity :meth:`ResultsStore.has` finds a record by (the
+    fields :func:`bench.stages.finetune_eval` writes; ``regime`` only off the default, as there)."""
+    ident = {"model": model, "attack": "none", "defense": "none", "dataset": dataset, "preset": preset,
+             "seed": seed, "finetune_config": finetune_config, "attack_config": {}, "defense_config": {}}
+    if regime:  # records of another numerical regime (fp32, reference paths) have ids of their own
+        ident["regime"] = regime
+    return ident
+
+
 def check_schema(rec: dict[str, Any], where: Path) -> None:
     """Refuse a record written under a newer schema than :data:`SCHEMA` (missing: 0, the first records)."""
     version = rec.get("schema", 0)

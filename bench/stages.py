@@ -109,7 +109,7 @@ def reference_evaluation(model: Any, dataset: str, val: Any, test: Any, trigger_
 
     from bench import data as bdata
     from bench.evaluate import Evaluation
-    from bench.perf.compare import TextSplit, pad_width, reference_evaluate
+    from bench.perf.reference import TextSplit, pad_width, reference_evaluate
 
     t0 = time.perf_counter()
     splits = []

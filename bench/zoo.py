@@ -41,6 +41,12 @@ class ModelSpec:
     rebuild: Callable[[Zoo, RunContext, Path | None], dict[str, Any]] | None = None  # committed-weights models
 
 
+def model_label(source: str) -> str:
+    """The name a model goes by in records and reports: a PTM directory's own name, else the zoo name or hub
+    id as given."""
+    return Path(source).name if Path(source).is_dir() else source
+
+
 class Zoo:
     """Resolves model names, local directories and hub ids to (PTM, artifact key)."""
 

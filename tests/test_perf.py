@@ -21,22 +21,17 @@ from bench.errors import PtmbenchError
 from bench.finetune import Classifier
 from bench.modalities.text import ADAPTER as TEXT
 from bench.modalities.text import new_mlm_head
-from bench.perf.compare import (
-    PHASES,
-    RUN_PHASES,
-    PeakRss,
-    PerfOptions,
+from bench.perf.compare import PHASES, RUN_PHASES, PerfOptions, parse_phases, run_compare
+from bench.perf.memory import PeakRss, release_memory
+from bench.perf.reference import (
     insert_word,
     pad_width,
-    parse_phases,
     reference_encode,
     reference_logits,
     reference_mlm_loss,
-    release_memory,
-    run_compare,
     static_masks,
-    write_report,
 )
+from bench.perf.report import write_report
 from bench.ptm import PTM
 
 

@@ -1,5 +1,6 @@
 """Peak resident memory of a block of code, sampled by a background thread (shared by the perf comparison
-and every matrix stage, whose records carry their peak RSS)."""
+and every matrix stage, whose records carry their peak RSS), and :func:`measured`: a call's wall time and
+peak RSS together."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import ctypes
 import gc
 import os
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 RSS_INTERVAL_S = 0.05
 
@@ -62,3 +67,34 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+@dataclass
+class Measure:
+    """One timed call: one pipeline's run of one phase (``perf compare``) or one stage (``perf memory``)."""
+
+    wall_s: float
+    samples: int
+    rss_start_bytes: int | None
+    rss_peak_bytes: int | None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        mib = 1 << 20
+        return {"wall_s": round(self.wall_s, 4), "samples": self.samples,
+                "samples_per_s": round(self.samples_per_s, 3),
+                "rss_start_mib": None if self.rss_start_bytes is None else round(self.rss_start_bytes / mib, 1),
+                "rss_peak_mib": None if self.rss_peak_bytes is None else round(self.rss_peak_bytes / mib, 1)}
+
+
+def measured(samples: int, fn: Callable[..., Any], *args: Any) -> tuple[Any, Measure]:
+    """Run ``fn(*args)`` timed with ``time.perf_counter`` and with its peak RSS sampled."""
+    release_memory()
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        wall = time.perf_counter() - t0
+    return out, Measure(wall, samples, mem.start, mem.peak)

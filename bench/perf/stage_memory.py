@@ -22,11 +22,16 @@ import torch
 
 from bench.context import RunContext
 from bench.errors import PtmbenchError
-from bench.perf.compare import measured
+from bench.perf.memory import measured
 from bench.ptm import PTM
 from bench.registry import get, names
 
 MIB = 2**20
+
+
+def default_dataset(modality: str) -> str:
+    """The downstream dataset of the measured fine-tune + evaluate cell when none is named."""
+    return "sst2" if modality == "text" else "cifar10"
 
 
 def _capped(kind: str, name: str, preset: str, steps: int) -> tuple[Any, dict[str, Any]]:
