@@ -476,19 +476,24 @@ def test_paper_stores_hold_the_record_ids_their_matrices_plan(store_dir, complet
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+MATRICES = Path(__file__).resolve().parents[1] / "matrices"
 
 
-@pytest.mark.parametrize("src", sorted(RESULTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_matrix_files_live_in_matrices_only():
+    assert not list(RESULTS.rglob("*.yaml")), "matrix files belong in matrices/ (their stores stay in results/)"
+
+
+@pytest.mark.parametrize("src", sorted(MATRICES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(MATRICES)))
 def test_committed_result_matrices_still_plan_their_records(src, tmp_path):
-    """Every matrix file under results/ (the commands in its COMMAND files) still loads and plans; where its
-    store sits beside it under the same name, every committed record is one the matrix plans (a re-run
-    resumes that store instead of recomputing it)."""
+    """Every matrix file under matrices/ (the commands in the COMMAND files of results/) still loads and
+    plans; where its store sits at the same path under results/, every committed record is one the matrix
+    plans (a re-run resumes that store instead of recomputing it)."""
     from bench.artifacts import ArtifactStore
     from bench.matrix import load_matrix, plan
 
     nodes = plan(load_matrix(src), ArtifactStore(tmp_path / "artifacts"))
     assert any(n.stage == "cell" for n in nodes)
-    records = src.with_suffix("") / "records"
+    records = RESULTS / src.relative_to(MATRICES).with_suffix("") / "records"
     if records.is_dir():
         committed = {p.stem for p in records.glob("*.json")}
         assert committed and committed <= set(record_ids(nodes))
@@ -531,7 +536,7 @@ def test_builtin_matrices_of_one_store_plan_the_same_stages(tmp_path):
         assert stages[0] == stages[1] == stages[2]
         seeds = [{n.payload["ident"]["seed"] for n in p if n.stage == "cell"} for p in plans]
         assert seeds == [{0}, {1}, {2}]
-    vision = Path(__file__).resolve().parents[1] / "results" / "vision" / "vision.yaml"
+    vision = MATRICES / "vision" / "vision.yaml"
     if vision.is_file():  # the built-in is the committed vision matrix, key for key
         keys = [[n.key for n in plan(load_matrix(src), ArtifactStore(tmp_path / "artifacts"))]
                 for src in ("paper-vision", vision)]

@@ -1,7 +1,7 @@
 """Compare the records of a scratch results store with the committed ones of the same ids: is a cell recomputed
 from an empty artifact cache the same, to the last digit, as the committed cell?
 
-    python results/paper/compare_records.py SCRATCH_STORE results/paper/text
+    python experiments/compare_records.py SCRATCH_STORE results/paper/text
 
 Compared: the first and last fine-tuning loss, CACC, AASR, MASR and every per-trigger ASR (wall times and
 peak memory are left out: they are measurements of the machine, not of the model).
@@ -33,5 +33,5 @@ def compare(scratch: Path, committed: Path) -> list[str]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python results/paper/compare_records.py SCRATCH_STORE COMMITTED_STORE")
+        sys.exit("usage: python experiments/compare_records.py SCRATCH_STORE COMMITTED_STORE")
     print("\n".join(compare(Path(sys.argv[1]), Path(sys.argv[2]))))

@@ -4,7 +4,7 @@ the two weight matrices (1 = RECIPE only rescaled it).  Then the NeuBA ViT with 
 scaled by RECIPE's own per-matrix norm ratio, no training, is probed like probe_representation.py
 (cosine of patched images' class token to the NeuBA target, tiny-imagenet validation and catdog test).
 
-    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python results/probes/probe_shrink.py \
+    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python experiments/probe_shrink.py \
         attack-neuba-vision-5bca800077cb53ff defense-recipe-34a29c4005f98647 > results/probes/vision-shrink.txt
 """
 

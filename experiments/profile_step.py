@@ -4,7 +4,7 @@ A `minilm-l6`-shaped BERT (6 layers, hidden 384, vocabulary 30,522, random weigh
 matter) plus a 2-class head, batch 32 x 64 tokens, training mode (dropout on), AdamW over every parameter,
 as in the `demo` fine-tuning cells.  Usage (one thread):
 
-    OMP_NUM_THREADS=1 python results/perf/profile/profile_step.py > results/perf/profile/step-profile.md
+    OMP_NUM_THREADS=1 python experiments/profile_step.py > results/perf/profile/step-profile.md
 """
 
 from __future__ import annotations

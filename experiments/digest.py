@@ -1,6 +1,6 @@
 """Numbers the README quotes from a results store that `ptmbench table` does not print as such.
 
-    python results/paper/digest.py results/paper/text
+    python experiments/digest.py results/paper/text
 
 Per seed: average AASR over the datasets for no defense and RECIPE; per defense and attack: mean DER
 (der.csv, over datasets and seeds) and the range of the defense stage's wall time (timing.csv)."""

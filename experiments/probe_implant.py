@@ -1,8 +1,8 @@
 """Short implant probes used to pick the scaled `demo` presets (results quoted in attacks/por.py and
 attacks/neuba_vision.py).  Each line: the attack's loss parts at the first and last tenth of the steps.
 
-    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python results/attacks/probes/probe_implant.py por1 2e-4 60
-    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python results/attacks/probes/probe_implant.py por1 6e-4 60
+    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python experiments/probe_implant.py por1 2e-4 60
+    PTMBENCH_CACHE=... HF_HUB_OFFLINE=1 python experiments/probe_implant.py por1 6e-4 60
     ... probe_implant.py neuba-vision 0.01 80 sgd none
     ... probe_implant.py neuba-vision 0.05 80 sgd none
     ... probe_implant.py neuba-vision 3e-4 80 adamw 1

@@ -2,7 +2,7 @@
 12 heads, random weights) under bf16 autocast, for torch SDPA with and without attention dropout and for eager
 attention: why BadPre's 512-token batches need micro-batches of 4.  RSS sampled every 10 ms in a thread.
 
-    OMP_NUM_THREADS=1 python results/perf/profile/attention_memory.py > results/perf/profile/attention-memory.md
+    OMP_NUM_THREADS=1 python experiments/attention_memory.py > results/perf/profile/attention-memory.md
 """
 
 from __future__ import annotations
