@@ -80,7 +80,7 @@ class NeuBAVisionConfig:
         from bench import data as bdata
 
         s = bdata.spec(self.corpus)
-        if s.modality != "image" or s.role != "aux":
+        if s.modality != "vision" or s.role != "aux":
             raise PtmbenchError(f"{where}.corpus: {self.corpus!r} is a {s.role} {s.modality} dataset; the vision "
                                 "attack trains on auxiliary (pretraining) images only, e.g. tiny-imagenet")
         if self.corpus_split not in s.splits or not s.is_labelled(self.corpus_split):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from bench.errors import PtmbenchError
+from bench.modality import MODALITIES, Modality
 from bench.registry import get, register
 from bench.registry import names as registered_names
 from bench.userdata import UserDataset
@@ -41,7 +42,6 @@ CARVE_MAX = 1000
 # verify()/verify_file() statuses.
 OK, CACHED, MISSING, CORRUPT, UNLISTED = "ok", "ok (cached)", "missing", "corrupt", "not in manifest"
 
-Modality = Literal["text", "image"]
 Role = Literal["downstream", "aux"]
 
 
@@ -73,10 +73,9 @@ class DatasetSpec:
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:
-        if self.modality not in ("text", "image"):
-            raise ValueError(
-                f"dataset {self.name!r}: modality must be 'text' or 'image', not {self.modality!r}"
-            )
+        if self.modality not in MODALITIES:
+            raise ValueError(f"dataset {self.name!r}: modality must be one of {', '.join(MODALITIES)}, "
+                             f"not {self.modality!r}")
         if self.role not in ("downstream", "aux"):
             raise ValueError(f"dataset {self.name!r}: role must be 'downstream' or 'aux', not {self.role!r}")
         if self.label_subset is not None and len(set(self.label_subset)) != len(self.label_subset):
@@ -172,13 +171,13 @@ BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (
         unlabelled=("train",),
         hub=HubSource("wikitext", "wikitext-2-raw-v1"),
     ),
-    DatasetSpec("cifar10", "image", _CIFAR10_FILES, hub=_CIFAR10_HUB),
-    DatasetSpec("gtsrb", "image", _GTSRB_FILES),
-    DatasetSpec("gtsrb-binary", "image", _GTSRB_FILES, label_subset=(13, 38)),
-    DatasetSpec("catdog", "image", _CIFAR10_FILES, label_subset=(3, 5), hub=_CIFAR10_HUB),
+    DatasetSpec("cifar10", "vision", _CIFAR10_FILES, hub=_CIFAR10_HUB),
+    DatasetSpec("gtsrb", "vision", _GTSRB_FILES),
+    DatasetSpec("gtsrb-binary", "vision", _GTSRB_FILES, label_subset=(13, 38)),
+    DatasetSpec("catdog", "vision", _CIFAR10_FILES, label_subset=(3, 5), hub=_CIFAR10_HUB),
     DatasetSpec(
         "tiny-imagenet",
-        "image",
+        "vision",
         _files("images/tiny-imagenet", "train", "validation", "test"),
         role="aux",
         unlabelled=("test",),

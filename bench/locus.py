@@ -31,6 +31,7 @@ import torch
 
 from bench.context import RunContext
 from bench.ptm import PTM
+from bench.triggers import TextTrigger
 
 # family -> regex over backbone parameter names (first match wins; order matters)
 FAMILY_PATTERNS = {
@@ -72,7 +73,7 @@ def _word_embedding_name(ptm: PTM) -> str | None:
 
 
 def trigger_token_ids(ptm: PTM, triggers: list[Any]) -> list[int]:
-    return [t.token_id(ptm.processor) for t in triggers if hasattr(t, "token_id")]
+    return [t.token_id(ptm.processor) for t in triggers if isinstance(t, TextTrigger)]
 
 
 def mixed(base: PTM, donor: PTM, families: set[str], rows: list[int]) -> PTM:

@@ -215,9 +215,6 @@ def _method(kind: str, entry: MethodEntry, default_preset: str) -> Any:
     return cls.build(entry.preset or default_preset, entry.config, where=f"{kind} {entry.name}")
 
 
-DATA_MODALITY = {"text": "text", "image": "vision"}  # dataset modality -> PTM modality
-
-
 def _dir_modality(p: Path) -> str:
     """The modality of a local model directory, whose weights are checked to be whole (headers only) so that a
     damaged directory is refused before any stage runs."""
@@ -268,8 +265,8 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
                 raise PtmbenchError(f"{spec.name}: attack {label!r} supports {', '.join(obj.modalities)} PTMs, and "
                                     f"model {model!r} is {modality}; split the matrix by modality")
         for ds in spec.datasets:
-            if DATA_MODALITY[dataset_spec(ds).modality] != modality:
-                raise PtmbenchError(f"{spec.name}.datasets: {ds!r} is an {dataset_spec(ds).modality} dataset and "
+            if dataset_spec(ds).modality != modality:
+                raise PtmbenchError(f"{spec.name}.datasets: {ds!r} is a {dataset_spec(ds).modality} dataset and "
                                     f"model {model!r} is {modality}; split the matrix by modality")
         named = list(spec.control_triggers) or ([] if attack_objs else DEFAULT_CONTROL_SETS[modality])
         for n in named:  # registered sets of this modality, or an error listing them (before any work)

@@ -18,6 +18,7 @@ from bench.evaluate import evaluate
 from bench.finetune import FinetunePreset, finetune
 from bench.ptm import PTM
 from bench.records import SCHEMA
+from bench.triggers import TextTrigger
 
 
 def versions() -> dict[str, str]:
@@ -55,7 +56,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
     test = adapter.load_split(ptm, cell.dataset, "test", p.max_eval, cache_dir)
     for s in trigger_sets.values():  # fail on an unusable trigger before any training
         for t in s:
-            if hasattr(t, "token_id"):
+            if isinstance(t, TextTrigger):
                 t.token_id(ptm.processor)
     ft = finetune(ptm, train_data, dspec.num_classes, p, ctx)
     if ctx.reference_paths and ptm.modality == "text":

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from bench.errors import PtmbenchError
+from bench.modality import Modality
 
 if TYPE_CHECKING:
     import datasets
@@ -155,7 +156,7 @@ class UserDataset:
     splits themselves and ``data``, the provenance each record carries (sources, sha256, label mapping)."""
 
     name: str
-    modality: Literal["text", "image"]
+    modality: Modality
     class_names: tuple[str, ...]
     data: Mapping[str, Any]
     split_data: Mapping[str, datasets.Dataset] = field(repr=False)
@@ -333,7 +334,7 @@ class _Raw:
     """The splits as read: inputs and raw labels per split, where they came from, and how they were found."""
 
     kind: Kind
-    modality: Literal["text", "image"]
+    modality: Modality
     inputs: dict[str, list[Any]]
     labels: dict[str, list[Any]]
     origin: dict[str, str]  # split -> file, folder or hub split it was read from
@@ -350,11 +351,11 @@ def _columns(ref: DataRef, tables: dict[str, _Table], kind: Kind, origin: dict[s
     first = next(iter(tables.values()))
     if ref.text_column is not None:
         input_col = _pick(first.columns, ref.text_column, TEXT_COLUMNS, "text_column", first.where)
-        modality: Literal["text", "image"] = "text"
+        modality: Modality = "text"
     else:
         image_col = _pick(first.columns, None, IMAGE_COLUMNS, None, first.where)
         input_col = image_col or _pick(first.columns, None, TEXT_COLUMNS, None, first.where)
-        modality = "image" if image_col else "text"
+        modality = "vision" if image_col else "text"
         if input_col is None:
             raise PtmbenchError(f"{first.where} has no text column ({', '.join(TEXT_COLUMNS)}) or image column "
                                 f"({', '.join(IMAGE_COLUMNS)}) (its columns: {', '.join(first.columns) or 'none'}); "
@@ -473,7 +474,7 @@ def _image_folder(ref: DataRef, root: Path, subdirs: list[Path]) -> _Raw:
         split_dirs = {"train": root}
     from bench.data import _ordered
 
-    raw = _Raw("image-folder", "image", {}, {}, {}, {}, {}, columns={"image": "<file>", "label": "<class folder>"})
+    raw = _Raw("image-folder", "vision", {}, {}, {}, {}, {}, columns={"image": "<file>", "label": "<class folder>"})
     for split in _ordered(split_dirs):
         d = split_dirs[split]
         classes = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
@@ -667,7 +668,7 @@ def _finish(ref: DataRef, raw: _Raw) -> UserDataset:
     from bench.data import CARVE_SEED, _ordered
 
     labels, names, label_map = _labels(raw)
-    if raw.modality == "image":
+    if raw.modality == "vision":
         _check_images(raw)
     splits = _carve(raw, labels, ref.source)
     for s in _ordered(raw.inputs):

@@ -193,7 +193,7 @@ class Recipe(Defense):
         aux = aux_name(cfg.aux, ptm)
         teacher = None
         if cfg.pt_target == "teacher":
-            if not hasattr(adapter, "pretrain_logits"):
+            if not adapter.teacher_logits:
                 raise PtmbenchError(f"{where}.pt_target: 'teacher' is the label-free L_PT of vision PTMs; "
                                     f"a {ptm.modality} PTM's L_PT needs no labels (use 'labels')")
             teacher = copy.deepcopy(ptm).backbone.eval().requires_grad_(False), \
@@ -206,7 +206,7 @@ class Recipe(Defense):
         norms_before = group_norms(groups, reg_names)
         # Keys are shared by recipe, only-pt and only-reg: same batches, masks and dropout (paired controls).
         static = None
-        if self.uses_pt and teacher is None and cfg.masking == "static" and hasattr(adapter, "mask_tokens"):
+        if self.uses_pt and teacher is None and cfg.masking == "static" and adapter.masked_lm:
             static = StaticMasked(ptm, data, cfg.max_len, ctx.torch_generator("recipe-static-mask"))
         gen = ctx.torch_generator("recipe-dynamic-mask")
 
@@ -246,7 +246,7 @@ class Recipe(Defense):
             **({"pt_target": cfg.pt_target} if self.uses_pt else {}),
             "lr_x_steps": round(cfg.lr * steps, 6),
             "masking": "static" if static is not None else (
-                "dynamic" if self.uses_pt and hasattr(adapter, "mask_tokens") else "none"),
+                "dynamic" if self.uses_pt and adapter.masked_lm else "none"),
             "regularised": list(reg_names), "trainable": list(train_names),
             "norm_S_before": round(sum(norms_before.values()), 6),
             "norm_S_after": round(sum(norms_after.values()), 6),

@@ -163,7 +163,7 @@ def test_image_folders_carved_and_split(env, tmp_path):
 
     flat = image_folder(tmp_path / "pets", per_class=15)
     s = data.spec(str(flat))
-    assert (s.modality, s.class_names, s.column) == ("image", ("cat", "dog"), "image")
+    assert (s.modality, s.class_names, s.column) == ("vision", ("cat", "dog"), "image")
     assert sum(s.data["splits"][sp]["rows"] for sp in s.splits) == 30 and s.data["n_files"] == 30
     im = data.load_split(str(flat), "test")[0]["image"]
     assert im.size == (16, 16)

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 GROUPS = ("ffn_in", "ffn_out", "attn_q", "attn_k", "attn_v", "embeddings", "head")
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What every modality adapter provides (``ptm.adapter``), and the optional capabilities it declares as
+    class attributes instead of being probed for: a method needing one checks the flag and refuses with a
+    one-line error, never with an AttributeError half-way.
+
+    * ``masked_lm``: ``mask_tokens``, ``mlm_loss``, ``mlm_logits`` (a masked-LM pretraining objective: text);
+    * ``teacher_logits``: ``pretrain_logits`` (the pretraining head's logits, for a label-free L_PT: vision).
+    """
+
+    name: ClassVar[str]
+    aux_splits: ClassVar[dict[str, str]]
+    masked_lm: ClassVar[bool]
+    teacher_logits: ClassVar[bool]
+
+    def load_split(self, ptm: Any, dataset: str, split: str, max_samples: int | None, cache_dir: Any) -> Any: ...
+    def lengths(self, data: Any, max_len: int) -> np.ndarray: ...
+    def batches(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, shuffle: bool,
+                **kwargs: Any) -> list[np.ndarray]: ...
+    def collate(self, ptm: Any, data: Any, idx: np.ndarray, max_len: int, device: str, **kwargs: Any) -> Any: ...
+    def representation(self, ptm: Any, batch: Any) -> torch.Tensor: ...
+    def pretrain_loss(self, ptm: Any, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+    def param_groups(self, ptm: Any) -> dict[str, list[ParamRef]]: ...
+    def hidden_size(self, ptm: Any) -> int: ...
+    def layers(self, ptm: Any) -> list[nn.Module]: ...
 
 
 @dataclass

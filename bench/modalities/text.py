@@ -112,6 +112,8 @@ class TokenizedText:
 class TextAdapter:
     name = "text"
     aux_splits = {"labelled": "train", "unlabelled": "train"}  # auxiliary corpora are one unlabelled split
+    masked_lm = True  # optional capabilities (bench.modalities.base.Adapter)
+    teacher_logits = False
 
     # ---------------------------------------------------------------- loading and saving
     def from_pretrained(self, source: str, family: str | None = None, with_head: bool = True) -> PTM:

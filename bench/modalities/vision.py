@@ -97,6 +97,8 @@ def build_vit(cfg: ViTConfig, head_classes: int) -> tuple[nn.Module, nn.Module |
 class VisionAdapter:
     name = "vision"
     aux_splits = {"labelled": "validation", "unlabelled": "test"}
+    masked_lm = False  # optional capabilities (bench.modalities.base.Adapter)
+    teacher_logits = True
 
     # ---------------------------------------------------------------- loading and saving
     def new(self, cfg: ViTConfig, head_classes: int, processor: ImageProcessor) -> PTM:

@@ -57,7 +57,7 @@ def measure_stages(ptm: PTM, model: str, preset: str, steps: int, dataset: str, 
     from bench.stages import CellSpec, finetune_eval
 
     dspec = dataset_spec(dataset)
-    if {"text": "text", "image": "vision"}[dspec.modality] != ptm.modality or dspec.role != "downstream":
+    if dspec.modality != ptm.modality or dspec.role != "downstream":
         raise PtmbenchError(f"dataset {dataset!r} is not a downstream {ptm.modality} dataset for model {model!r}")
     rows: list[dict[str, Any]] = []
     attacks = []
