@@ -231,8 +231,10 @@ def safe_name(text: str) -> str:
 
 
 def data_identity(dataset: str) -> dict[str, str]:
-    """``{"data_sha256": …}`` for a user's dataset (its files' sha256), so an edited file is a new cell with a new
-    record id; empty for registered datasets (mirror files are checked against MANIFEST.json instead)."""
+    """``{"data_sha256": …}`` for a user's dataset (its files' sha256): an edited file is a new cell key, and
+    :func:`is_done` redoes a cell whose records were made from other data (their ids, like the table rows,
+    stay those of the dataset's name, so the new records replace the old).  Empty for registered datasets
+    (their mirror files are checked against MANIFEST.json instead)."""
     from bench.data import spec as dataset_spec
 
     sha = (getattr(dataset_spec(dataset), "record_fields", {}).get("data") or {}).get("sha256")
@@ -381,10 +383,25 @@ def cell_trigger_sets(node: Node) -> list[str]:
 
 
 def is_done(node: Node, store: ArtifactStore, results: ResultsStore) -> bool:
+    """A cell is done when each of its records exists — and, on a user's dataset, was made from the files as
+    they are now (its ``data.sha256``): an edited file is recomputed and its records overwritten."""
     if node.stage == "cell":
-        return all(results.records_dir.joinpath(f"{rid}.json").is_file()
-                   for rid in expected_record_ids(node, cell_trigger_sets(node)))
+        sha = node.payload["ident"].get("data_sha256")
+        for rid in expected_record_ids(node, cell_trigger_sets(node)):
+            f = results.records_dir / f"{rid}.json"
+            if not f.is_file() or (sha and _record_data_sha(f) != sha):
+                return False
+        return True
     return store.is_valid(node.key)
+
+
+def _record_data_sha(path: Path) -> str | None:
+    import json
+
+    try:
+        return (json.loads(path.read_text()).get("data") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 CACHED, TODO, SKIP = "cached", "todo", "skip"

@@ -34,9 +34,6 @@ def record_id(rec: dict[str, Any]) -> str:
     hashed = {k: rec.get(k) for k in ("attack_config", "defense_config", "finetune_config")}
     if rec.get("regime"):
         hashed["regime"] = rec["regime"]
-    data_sha = rec.get("data_sha256") or (rec.get("data") or {}).get("sha256")
-    if data_sha:  # a user's dataset: its files' sha256 (registered datasets' ids are unchanged)
-        hashed["data_sha256"] = data_sha
     cfg = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}__{cfg}")
 

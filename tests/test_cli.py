@@ -157,7 +157,7 @@ BAD = [
     ("cmyk", "mode 'CMYK'"),
     ("tiny-image", "is 4x4, too small"),
     ("vit-on-text", "is vision but dataset 'sst2' is text"),
-    (["--dataset", "cifar10"], "is text but dataset 'cifar10' is image"),
+    (["--dataset", "cifar10"], "is text but dataset 'cifar10' is vision"),
     (["--model", "vit_tiny_patch16_224"], "cannot load timm model 'vit_tiny_patch16_224'"),
     ("bad-header", "not a readable safetensors file"),
     ("truncated-weights", "not a readable safetensors file"),

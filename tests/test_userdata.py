@@ -246,6 +246,19 @@ def test_matrix_takes_paths_and_mappings(env, bert_dir, tmp_path):
     assert edited == f
     again = [n for n in plan(load_matrix(m), ArtifactStore(tmp_path / "cache" / "artifacts")) if n.stage == "cell"]
     assert user.key not in {n.key for n in again}  # an edited file is a new cell, never a stale record
+    from bench.matrix import cell_trigger_sets, expected_record_ids, is_done
+    from bench.records import ResultsStore
+
+    results = ResultsStore(tmp_path / "res")
+    cell = next(n for n in again if n.payload["ident"]["dataset"] == ident)
+    for rid in expected_record_ids(cell, cell_trigger_sets(cell)):  # records made from the file before the edit
+        (results.records_dir / f"{rid}.json").parent.mkdir(parents=True, exist_ok=True)
+        (results.records_dir / f"{rid}.json").write_text(json.dumps({"data": {"sha256": "stale"}}))
+    store = ArtifactStore(tmp_path / "cache" / "artifacts")
+    assert not is_done(cell, store, results)  # stale: the cell is redone and its records overwritten
+    for rid in expected_record_ids(cell, cell_trigger_sets(cell)):
+        (results.records_dir / f"{rid}.json").write_text(json.dumps({"data": {"sha256": sha(edited)}}))
+    assert is_done(cell, store, results)
     m.write_text(yaml.safe_dump({"models": [str(bert_dir)], "datasets": [{"path": str(f)}]}))
     with pytest.raises(PtmbenchError, match="no text column .*set --text-column"):
         load_matrix(m)

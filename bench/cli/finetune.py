@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise PtmbenchError(f"--seed must be >= 0, got {args.seed}")
     if args.max_train is not None and args.max_train < 1:
         raise PtmbenchError(f"--max-train must be >= 1, got {args.max_train}")
-    modality = "text" if dspec.modality == "text" else "vision"
+    modality = dspec.modality
     preset = get_preset(modality, args.preset, epochs=args.epochs, max_train=args.max_train)
     store = ResultsStore(args.results)
     store.check_writable()
