@@ -20,3 +20,10 @@ def test_script_imports_without_running_and_documents_its_command(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # every script runs only under `if __name__ == "__main__"`
     assert module.__doc__ and ("python experiments/" in module.__doc__ or "COMMAND" in module.__doc__)
+
+
+@pytest.mark.parametrize("path", sorted(SCRIPTS[0].parent.glob("*.sh")), ids=lambda p: p.name)
+def test_shell_script_parses(path):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
