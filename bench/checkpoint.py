@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.artifacts import atomic_write_text
 from bench.errors import PtmbenchError
 
 PROGRESS = "progress.json"
@@ -132,8 +133,8 @@ class CallCheckpoint:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _write_json(d / PROGRESS, {"call": self.index, "step": step, "steps": steps, "desc": self.desc,
-                                   "done": done, "saved_at_unix": time.time()})
+        atomic_write_text(d / PROGRESS, json.dumps({"call": self.index, "step": step, "steps": steps,
+                                                    "desc": self.desc, "done": done, "saved_at_unix": time.time()}))
         self.last_save = time.monotonic()
         self.saves += 1
 
@@ -179,10 +180,3 @@ def skip(batches: Iterator[Any], n: int) -> None:
     """Advance a batch iterator by ``n`` batches (the data position of a resumed call)."""
     for _ in range(n):
         next(batches)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
