@@ -55,6 +55,19 @@ def progress(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+def latest_state(directory: Path) -> dict[str, Any] | None:
+    """The state of the last training call checkpointed in a stage's ``directory`` (the one a resume continues),
+    or None if it holds no ``call-N.pt``; an unreadable file is refused with the way out (delete it)."""
+    calls = sorted(Path(directory).glob("call-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not calls:
+        return None
+    try:
+        return torch.load(calls[-1], map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one line whatever is wrong with the file
+        raise PtmbenchError(f"{calls[-1]}: unreadable stage checkpoint ({str(e).splitlines()[0][:100]}); "
+                            f"delete {directory} to run the stage from its start") from e
+
+
 @dataclass
 class StageCheckpoints:
     """The checkpoints of one stage run: its directory, the save interval, and the stateful RNG streams the

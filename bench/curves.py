@@ -54,16 +54,12 @@ def load_curve(source: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
                                                       "steps": train.get("steps"), "done": train.get("steps")}
         raise PtmbenchError(f"{source}: this PTM records no training curve (made before curves were recorded, "
                             "or by no training stage); re-run the stage or pass its checkpoint directory")
-    calls = sorted(source.glob("call-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not calls:
+    from bench.checkpoint import latest_state
+
+    state = latest_state(source)
+    if state is None:
         raise PtmbenchError(f"{source} is neither a PTM directory with a recorded curve nor a stage checkpoint "
                             "directory (call-N.pt files)")
-    import torch
-
-    try:
-        state = torch.load(calls[-1], map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - one line whatever is wrong with the file
-        raise PtmbenchError(f"{calls[-1]}: unreadable stage checkpoint ({str(e).splitlines()[0][:100]})") from e
     curve = window_means(list(state["losses"]), list(state["parts"]))
     return pd.DataFrame(curve), {"stage": state.get("desc"), "name": state.get("desc"), "steps": state["steps"],
                                  "done": state["step"]}

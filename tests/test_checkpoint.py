@@ -17,7 +17,7 @@ import yaml
 from conftest import cancel_after
 from torch import nn
 
-from bench.checkpoint import progress
+from bench.checkpoint import latest_state, progress
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.train import OptimConfig, cycle_epochs, train
@@ -69,6 +69,19 @@ def test_progress_reports_call_and_step(tmp_path: Path) -> None:
         _toy(ctx, steps=10, calls=1)
     p = progress(tmp_path / "ck")
     assert (p["call"], p["step"], p["steps"], p["desc"], p["done"]) == (0, 7, 10, "toy0", False)
+
+
+def test_latest_state_is_the_last_call_of_a_cut_stage(tmp_path: Path) -> None:
+    assert latest_state(tmp_path) is None
+    ctx = RunContext(seed=0, precision="fp32", checkpoint_every_s=0, cancel=cancel_after(13))
+    with pytest.raises(KeyboardInterrupt), ctx.checkpointed(tmp_path / "ck"):
+        _toy(ctx, steps=10, calls=2)
+    state = latest_state(tmp_path / "ck")
+    assert (state["desc"], state["step"], state["steps"]) == ("toy1", 3, 10)
+    assert len(state["losses"]) == 3
+    (tmp_path / "ck" / "call-1.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PtmbenchError, match="unreadable stage checkpoint.*delete"):
+        latest_state(tmp_path / "ck")
 
 
 def test_checkpoint_of_other_code_is_refused(tmp_path: Path) -> None:
