@@ -84,6 +84,7 @@ class BadPre(Attack):
     name = "badpre"
     modalities = ("text",)
     Config = BadPreConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     trigger_set: ClassVar[str] = "badpre"
     added_options: ClassVar[dict] = {"micro_batch": None}
     presets: ClassVar[dict] = {
@@ -133,22 +134,22 @@ class BadPre(Attack):
 
         def epoch(e: int) -> list[np.ndarray]:
             return micro_batches(TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e),
-                                              shuffle=True, bucketing=False), cfg.micro_batch)
+                                              shuffle=True, bucketing=False, ctx=ctx), cfg.micro_batch)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx)
             ids, labels = TEXT.mask_tokens(tok, batch["input_ids"], batch["attention_mask"], mask_gen, cfg.mlm_prob)
-            clean = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
+            clean = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, ctx)
             where["part"] = where["part"] + 1 if where["step"] == step else 0
             where["step"], part = step, where["part"]
             seqs = self.triggered_copies([data.ids[i] for i in idx], tids,
                                          ctx.rng(self.name, "insert", step, *([part] if part else [])))
-            pb = {k: v.to(ctx.device) for k, v in TEXT.pack(tok, seqs, cfg.max_len, ctx.pad_to(cfg.max_len)).items()}
+            pb = TEXT.collate_ids(ptm, seqs, cfg.max_len, ctx)
             ids, labels = TEXT.mask_tokens(tok, pb["input_ids"], pb["attention_mask"], mask_gen, cfg.mlm_prob)
             chosen = labels != -100
             noise = torch.randint(n_labels, (int(chosen.sum()),), generator=label_gen).to(labels.device)
             labels = labels.masked_scatter(chosen, noise)
-            backdoor = TEXT.mlm_loss(ptm, {**pb, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
+            backdoor = TEXT.mlm_loss(ptm, {**pb, "input_ids": ids}, labels, ctx)
             return clean + cfg.alpha * backdoor, {"mlm": float(clean.detach()), "backdoor": float(backdoor.detach())}
 
         pooler = {id(p) for p in ptm.backbone.pooler.parameters()} if ptm.backbone.pooler is not None else set()

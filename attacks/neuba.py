@@ -100,6 +100,7 @@ class NeuBA(Attack):
     name = "neuba"
     modalities = ("text",)
     Config = NeuBAConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     trigger_set: ClassVar[str] = "neuba"
     added_options: ClassVar[dict] = {"micro_batch": None}
     presets: ClassVar[dict] = {
@@ -149,13 +150,13 @@ class NeuBA(Attack):
 
         def epoch(e: int) -> list[np.ndarray]:
             return micro_batches(TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e),
-                                              shuffle=True, bucketing=False), cfg.micro_batch)
+                                              shuffle=True, bucketing=False, ctx=ctx), cfg.micro_batch)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx)
             ids, labels = TEXT.mask_tokens(tok, batch["input_ids"], batch["attention_mask"], mask_gen,
                                            cfg.mlm_prob)
-            mlm = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
+            mlm = TEXT.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, ctx)
             k = torch.randint(len(trig), (len(idx),), generator=trig_gen).to(ctx.device)
             poisoned = batch["input_ids"].clone()
             poisoned[:, 1] = trig[k]

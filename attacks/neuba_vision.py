@@ -95,6 +95,7 @@ class NeuBAVision(Attack):
     name = "neuba-vision"
     modalities = ("vision",)
     Config = NeuBAVisionConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     trigger_set: ClassVar[str] = "neuba-vision"
     # added after the demo results were recorded: left out of config_dict() while it holds its default
     added_options: ClassVar[dict] = {"schedule": "linear"}
@@ -139,11 +140,11 @@ class NeuBAVision(Attack):
         lengths = adapter.lengths(data)
 
         def epoch(e: int) -> list[np.ndarray]:
-            return adapter.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True)
+            return adapter.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True, ctx=ctx)
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = adapter.collate(ptm, data, idx, None, ctx.device)
-            ce = adapter.pretrain_loss(ptm, batch)
+            batch = adapter.collate(ptm, data, idx, None, ctx)
+            ce = adapter.pretrain_loss(ptm, batch, ctx=ctx)
             k = torch.randint(len(patches), (len(idx),), generator=trig_gen)
             pix = data.pixels[idx].copy()
             for j, t in enumerate(patches):

@@ -99,6 +99,7 @@ class POR(Attack):
 
     modalities = ("text",)
     Config = PORConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     trigger_set: ClassVar[str] = "por"
     target_family: ClassVar[str] = ""
     presets: ClassVar[dict] = {
@@ -156,13 +157,13 @@ class POR(Attack):
 
         def epoch(e: int) -> list[np.ndarray]:
             return TEXT.batches(lengths, cfg.batch_size, ctx.rng(self.name, "batches", e), shuffle=True,
-                                bucketing=False)
+                                bucketing=False, ctx=ctx)
 
         def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return (a.float() - b.float()).pow(2).sum() / hidden
 
         def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+            batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx)
             lab = labels_t[idx].to(ctx.device)
             out = ptm.backbone(**batch)
             with torch.no_grad():

@@ -38,7 +38,7 @@ def first_token_preacts(ptm: PTM, data: Any, max_len: int, ctx: RunContext, batc
     try:
         for s in range(0, len(data), batch_size):
             idx = np.arange(s, min(s + batch_size, len(data)))
-            batch = adapter.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
+            batch = adapter.collate(ptm, data, idx, max_len, ctx)
             with ctx.autocast():
                 adapter.representation(ptm, batch)
     finally:

@@ -134,11 +134,10 @@ def finetune(ptm: PTM, train_data: Any, num_classes: int, preset: FinetunePreset
 
     def epoch(e: int) -> list[np.ndarray]:
         return adapter.batches(lengths, preset.batch_size, ctx.rng("finetune-batches", e), shuffle=True,
-                               bucketing=preset.bucketing and not ctx.reference_paths)
+                               bucketing=preset.bucketing, ctx=ctx)
 
     def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = adapter.collate(ptm, train_data, idx, preset.max_len, ctx.device,
-                                pad_to=ctx.pad_to(preset.max_len))
+        batch = adapter.collate(ptm, train_data, idx, preset.max_len, ctx)
         loss = nn.functional.cross_entropy(model(batch).float(), labels[idx].to(ctx.device))
         return loss, {}
 
@@ -158,9 +157,8 @@ def predict(model: Classifier, data: Any, preset: FinetunePreset, ctx: RunContex
     model.eval()
     out = np.empty(len(data), dtype=np.int64)
     for idx in adapter.batches(adapter.lengths(data, preset.max_len), preset.eval_batch_size, None, shuffle=False,
-                               bucketing=not ctx.reference_paths):
-        batch = adapter.collate(model.ptm, data, idx, preset.max_len, ctx.device,
-                                pad_to=ctx.pad_to(preset.max_len))
+                               bucketing=True, ctx=ctx):
+        batch = adapter.collate(model.ptm, data, idx, preset.max_len, ctx)
         with ctx.autocast():
             logits = model(batch)
         out[idx] = logits.argmax(-1).cpu().numpy()

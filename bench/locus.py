@@ -102,7 +102,7 @@ def representations(ptm: PTM, data: Any, max_len: int, ctx: RunContext, batch_si
     out = []
     for s in range(0, len(data), batch_size):
         idx = np.arange(s, min(s + batch_size, len(data)))
-        batch = adapter.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
+        batch = adapter.collate(ptm, data, idx, max_len, ctx)
         out.append(adapter.representation(ptm, batch).float().cpu())
     return torch.cat(out)
 

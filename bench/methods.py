@@ -32,6 +32,10 @@ class Method:
     # it is left out of config_dict() (and so of cache keys and record identities), so adding an option
     # never invalidates existing artifacts or results.
     added_options: ClassVar[dict[str, Any]] = {}
+    # True: the method routes all its batching, losses and evaluation through the adapter's context-taking
+    # entry points (docs/adding-a-method.md, "Numerical regimes"), so ``--reference-paths`` is honoured; a
+    # method without it is refused on the reference paths rather than run on fast paths keyed as reference.
+    reference_paths: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -57,6 +61,14 @@ class Method:
         if ptm.modality not in self.modalities:
             raise PtmbenchError(f"{self.kind} {self.name!r} supports {', '.join(self.modalities)} PTMs, "
                                 f"not {ptm.modality}")
+
+    def check_context(self, ctx: RunContext) -> None:
+        """Refuse a run context this method does not honour (before any work): the reference paths unless the
+        method declares :attr:`reference_paths`."""
+        if ctx.reference_paths and not self.reference_paths:
+            raise PtmbenchError(f"{self.kind} {self.name!r} does not declare support for --reference-paths; drop "
+                                "--reference-paths, or route its batching and losses through the adapter's "
+                                "context-taking collate/batches/loss and set reference_paths = True on the class")
 
 
 class Attack(Method):

@@ -69,6 +69,7 @@ def run_purify(model: str, defense: str, preset: str, config: dict[str, Any], ou
     from bench.zoo import Zoo
 
     method = build_defense(defense, preset, config)
+    method.check_context(ctx)  # before loading anything
     check_out(out, force)
     t_all = time.perf_counter()
     ptm, key = Zoo(ArtifactStore(cache / "artifacts"), cache).load(model, ctx)

@@ -173,6 +173,7 @@ def run_node(payload: dict[str, Any], env: StageEnv) -> dict[str, Any]:
         computed = not was_valid
     elif stage in ("attack", "defense"):
         method = get(stage, payload["method"]).build(payload["preset"], payload["config"])
+        method.check_context(ctx)  # e.g. --reference-paths for a method that does not honour them: before any work
 
         def write(d: Path) -> None:
             from bench.perf.memory import PeakRss

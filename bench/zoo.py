@@ -178,10 +178,10 @@ def masked_token_accuracy(ptm: PTM, data: TokenizedText, max_len: int, ctx: RunC
     correct = total = 0
     for s in range(0, min(n, len(data)), 64):
         idx = np.arange(s, min(s + 64, n, len(data)))
-        batch = TEXT.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
+        batch = TEXT.collate(ptm, data, idx, max_len, ctx)
         ids, labels = TEXT.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
         with ctx.autocast():
-            logits = TEXT.mlm_logits(ptm, {**batch, "input_ids": ids}, labels, full_vocab=ctx.reference_paths)
+            logits = TEXT.mlm_logits(ptm, {**batch, "input_ids": ids}, labels, ctx)
         gold = labels[labels != -100]
         correct += int((logits.argmax(-1) == gold).sum())
         total += int(gold.numel())
@@ -194,11 +194,12 @@ def train_mlm(ptm: PTM, data: TokenizedText, params: list[torch.nn.Parameter], s
     lengths = TEXT.lengths(data, cfg.max_len)
 
     def epoch(e: int) -> list[np.ndarray]:
-        return TEXT.batches(lengths, cfg.batch_size, ctx.rng("mlm-batches", desc, e), shuffle=True, bucketing=False)
+        return TEXT.batches(lengths, cfg.batch_size, ctx.rng("mlm-batches", desc, e), shuffle=True, bucketing=False,
+                            ctx=ctx)
 
     def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
-        return TEXT.pretrain_loss(ptm, batch, gen, full_vocab=ctx.reference_paths), {}
+        batch = TEXT.collate(ptm, data, idx, cfg.max_len, ctx)
+        return TEXT.pretrain_loss(ptm, batch, gen, ctx), {}
 
     res = train([ptm.backbone, ptm.pt_head], params, loss_fn, cycle_epochs(epoch), steps,
                 OptimConfig(lr=lr, clip=1.0, schedule="linear"), ctx, desc=desc)
@@ -374,8 +375,8 @@ def top1(ptm: PTM, data: Any, ctx: RunContext, batch_size: int = 256) -> float:
     ptm.backbone.eval()
     ptm.pt_head.eval()
     correct = 0
-    for idx in adapter.batches(adapter.lengths(data), batch_size, None, shuffle=False):
-        batch = adapter.collate(ptm, data, idx, None, ctx.device)
+    for idx in adapter.batches(adapter.lengths(data), batch_size, None, shuffle=False, ctx=ctx):
+        batch = adapter.collate(ptm, data, idx, None, ctx)
         with ctx.autocast():
             logits = adapter.pretrain_logits(ptm, batch)
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
@@ -415,7 +416,7 @@ def pretrain_vit(cfg: ViTPretrainConfig, ctx: RunContext, cache_dir: Path) -> PT
     lengths = VISION.lengths(train_data)
 
     def epoch(e: int) -> list[np.ndarray]:
-        return VISION.batches(lengths, cfg.batch_size, ctx.rng("vit-batches", e), shuffle=True)
+        return VISION.batches(lengths, cfg.batch_size, ctx.rng("vit-batches", e), shuffle=True, ctx=ctx)
 
     def loss_fn(idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         parts = {}
@@ -423,7 +424,7 @@ def pretrain_vit(cfg: ViTPretrainConfig, ctx: RunContext, cache_dir: Path) -> PT
             parts["val_top1"] = top1(ptm, val, ctx)
             ptm.backbone.train()
             ptm.pt_head.train()
-        batch = VISION.collate(ptm, train_data, idx, None, ctx.device)
+        batch = VISION.collate(ptm, train_data, idx, None, ctx)
         if cfg.augment:
             batch["pixel_values"] = augment(batch["pixel_values"], gen)
         logits = VISION.pretrain_logits(ptm, batch).float()

@@ -73,6 +73,7 @@ class PoolerReinit(Defense):
     changes_pooler = True  # by design: the method contract's "pooler unchanged" does not apply
     modalities = ("text",)
     Config = PoolerReinitConfig
+    reference_paths = True  # weights only, no data pass: nothing depends on the regime
     presets = {"demo": {}, "smoke": {}}
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:

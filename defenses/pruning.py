@@ -93,6 +93,7 @@ class FP(Defense):
     name = "fp"
     modalities = ("text", "vision")
     Config = FPConfig
+    reference_paths = True  # weights only, no data pass: nothing depends on the regime
     presets = {"demo": {}, "smoke": {}}
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
@@ -122,6 +123,7 @@ class FPGM(Defense):
     name = "fp-gm"
     modalities = ("text", "vision")
     Config = FPGMConfig
+    reference_paths = True  # weights only, no data pass: nothing depends on the regime
     presets = {"demo": {}, "smoke": {}}
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:
@@ -182,7 +184,7 @@ def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
         with torch.inference_mode():
             for s in range(0, len(data), batch_size):
                 idx = np.arange(s, min(s + batch_size, len(data)))
-                batch = adapter.collate(ptm, data, idx, max_len, ctx.device, pad_to=ctx.pad_to(max_len))
+                batch = adapter.collate(ptm, data, idx, max_len, ctx)
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
                 token_mask[0] = None if mask is None else mask.double()
                 with ctx.autocast():
@@ -201,6 +203,7 @@ class FPGA(Defense):
     name = "fp-ga"
     modalities = ("text", "vision")
     Config = FPGAConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     presets = {"demo": {"max_aux": 2000}, "smoke": {"max_aux": 16, "batch_size": 8, "max_len": 32}}
 
     def purify(self, ptm: PTM, ctx: RunContext, cache_dir: Path) -> PTM:

@@ -38,7 +38,7 @@ from torch import nn
 from bench.config import positive
 from bench.context import RunContext
 from bench.errors import PtmbenchError
-from bench.modalities.base import ParamRef, shuffled_batches
+from bench.modalities.base import ParamRef, placement, shuffled_batches
 from bench.ptm import PTM
 from bench.registry import register
 from bench.train import OptimConfig, cycle_epochs, steps_for, train
@@ -122,12 +122,14 @@ class StaticMasked:
             labels.append(lab)
         self.ids, self.att, self.labels = torch.cat(ids), torch.cat(att), torch.cat(labels)
 
-    def batch(self, idx: np.ndarray, device: str, trim: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The masked rows ``idx``, trimmed to their longest sequence (``trim=False``: at the full max length,
-        as on the reference paths)."""
+    def batch(self, idx: np.ndarray, where: RunContext | str,
+              trim: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The masked rows ``idx`` on the context's device, trimmed to their longest sequence on the fast paths
+        and at the full max length on the reference paths (low-level: a device name, and ``trim``)."""
         i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         att = self.att[i]
-        w = int(att.sum(1).max()) if trim else att.shape[1]
+        device, pad = placement(where, att.shape[1], None if trim else att.shape[1])
+        w = pad or int(att.sum(1).max())
         return ({"input_ids": self.ids[i, :w].to(device), "attention_mask": att[:, :w].to(device)},
                 self.labels[i, :w].to(device))
 
@@ -162,6 +164,7 @@ class Recipe(Defense):
     name = "recipe"
     modalities = ("text", "vision")
     Config = RecipeConfig
+    reference_paths = True  # batching and losses through the adapter with ctx: --reference-paths honoured
     version = "1"
     uses_pt: ClassVar[bool] = True  # only-reg drops L_PT
     added_options: ClassVar[dict] = {"pt_target": "labels"}
@@ -212,16 +215,16 @@ class Recipe(Defense):
 
         def pt_loss(idx: np.ndarray) -> torch.Tensor:
             if teacher is not None:
-                batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
+                batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx)
                 with torch.no_grad():
                     target = teacher[1](teacher[0](batch["pixel_values"])).float().log_softmax(-1)
                 logp = adapter.pretrain_logits(ptm, batch).float().log_softmax(-1)
                 return torch.nn.functional.kl_div(logp, target, log_target=True, reduction="batchmean")
             if static is not None:
-                batch, labels = static.batch(idx, ctx.device, trim=not ctx.reference_paths)
-                return adapter.mlm_loss(ptm, batch, labels, full_vocab=ctx.reference_paths)
-            batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx.device, pad_to=ctx.pad_to(cfg.max_len))
-            return adapter.pretrain_loss(ptm, batch, gen, full_vocab=ctx.reference_paths)
+                batch, labels = static.batch(idx, ctx)
+                return adapter.mlm_loss(ptm, batch, labels, ctx)
+            batch = adapter.collate(ptm, data, idx, cfg.max_len, ctx)
+            return adapter.pretrain_loss(ptm, batch, gen, ctx)
 
         def loss_fn(idx: np.ndarray | None, step: int) -> tuple[torch.Tensor, dict[str, float]]:
             return recipe_loss(pt_loss(idx) if self.uses_pt else None, refs, cfg.lam)

@@ -49,6 +49,24 @@ def test_collate_pads_to_max_length_under_the_flag(bert, env):
     w = fast["input_ids"].shape[1]
     assert torch.equal(ref["input_ids"][:, :w], fast["input_ids"])  # the same tokens, more padding
     assert int(ref["attention_mask"][:, w:].sum()) == 0
+    # the context-taking form picks device and width from the context: the same batches as the explicit one
+    for ctx, explicit in ((FAST, fast), (REF, ref)):
+        batch = TEXT.collate(bert, data, idx, 32, ctx)
+        assert batch.keys() == explicit.keys() and all(torch.equal(batch[k], explicit[k]) for k in batch)
+    with pytest.raises(TypeError, match="pad_to"):
+        TEXT.collate(bert, data, idx, 32, REF, pad_to=32)
+
+
+def test_batches_drop_bucketing_under_the_flag():
+    lengths = np.random.default_rng(0).integers(3, 40, size=50)
+
+    def batches(shuffle, bucketing, ctx=None):
+        rng = np.random.default_rng(1) if shuffle else None
+        return [b.tolist() for b in TEXT.batches(lengths, 8, rng, shuffle, bucketing, ctx=ctx)]
+
+    for shuffle in (True, False):
+        assert batches(shuffle, True, FAST) == batches(shuffle, True) != batches(shuffle, False)
+        assert batches(shuffle, True, REF) == batches(shuffle, False) == batches(shuffle, False, FAST)
 
 
 def test_finetune_and_predict_pad_and_do_not_bucket(bert, env, monkeypatch):
@@ -107,6 +125,14 @@ def test_full_vocab_mlm_loss_equals_masked_only_loss(family, request, env):
     assert ref.dtype == fast.dtype == torch.float32
     assert abs(ref.item() - fast.item()) < 1e-5
     assert torch.allclose(g_ref, g_fast, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():  # the context picks the same computation as the explicit switch, bit for bit
+        for ctx, full, batch, lab in ((REF, True, {**padded, "input_ids": ids}, labels),
+                                      (FAST, False, trimmed, labels[:, :w])):
+            assert torch.equal(TEXT.mlm_loss(ptm, batch, lab, ctx), TEXT.mlm_loss(ptm, batch, lab, full_vocab=full))
+            assert torch.equal(TEXT.mlm_logits(ptm, batch, lab, ctx),
+                               TEXT.mlm_logits(ptm, batch, lab, full_vocab=full))
+    with pytest.raises(TypeError, match="full_vocab"):
+        TEXT.mlm_loss(ptm, trimmed, labels[:, :w], FAST, full_vocab=True)
     with torch.no_grad():  # the logits the zoo's masked-token accuracy reads agree as well
         a = TEXT.mlm_logits(ptm, {**padded, "input_ids": ids}, labels, full_vocab=True)
         b = TEXT.mlm_logits(ptm, trimmed, labels[:, :w])
@@ -124,6 +150,9 @@ def test_recipe_static_masks_untrimmed_under_the_flag(bert, env):
     ref, rl = static.batch(np.arange(6), "cpu", trim=False)
     assert ref["input_ids"].shape == (6, 32) and fast["input_ids"].shape[1] < 32
     assert torch.equal(rl[:, :fl.shape[1]], fl) and bool((rl[:, fl.shape[1]:] == -100).all())
+    for ctx, (batch, lab) in ((FAST, (fast, fl)), (REF, (ref, rl))):  # the context decides the trim
+        b, lb = static.batch(np.arange(6), ctx)
+        assert torch.equal(lb, lab) and all(torch.equal(b[k], batch[k]) for k in batch)
 
 
 # ------------------------------------------------------------------------------------------ (d) evaluation

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
 
 GROUPS = ("ffn_in", "ffn_out", "attn_q", "attn_k", "attn_v", "embeddings", "head")
 
@@ -20,6 +23,13 @@ class Adapter(Protocol):
 
     * ``masked_lm``: ``mask_tokens``, ``mlm_loss``, ``mlm_logits`` (a masked-LM pretraining objective: text);
     * ``teacher_logits``: ``pretrain_logits`` (the pretraining head's logits, for a label-free L_PT: vision).
+
+    The numerical regime is the run context's, and the adapter reads it: ``collate(ptm, data, idx, max_len,
+    ctx)`` takes the device and the padding width from ``ctx`` (:func:`placement`), ``batches(..., ctx=ctx)``
+    drops length bucketing and ``pretrain_loss``/``mlm_loss``/``mlm_logits(..., ctx)`` compute the
+    full-vocabulary logits under ``ctx.reference_paths``, so a method that routes its batching and losses
+    through these entry points runs the regime it is keyed as without ever branching on it.  The explicit
+    low-level forms (a device name with ``pad_to``, ``full_vocab=``) stay for code that needs a fixed layout.
     """
 
     name: ClassVar[str]
@@ -30,10 +40,12 @@ class Adapter(Protocol):
     def load_split(self, ptm: Any, dataset: str, split: str, max_samples: int | None, cache_dir: Any) -> Any: ...
     def lengths(self, data: Any, max_len: int) -> np.ndarray: ...
     def batches(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, shuffle: bool,
-                **kwargs: Any) -> list[np.ndarray]: ...
-    def collate(self, ptm: Any, data: Any, idx: np.ndarray, max_len: int, device: str, **kwargs: Any) -> Any: ...
+                bucketing: bool = ..., ctx: RunContext | None = None) -> list[np.ndarray]: ...
+    def collate(self, ptm: Any, data: Any, idx: np.ndarray, max_len: int | None, where: RunContext | str,
+                pad_to: int | None = None) -> Any: ...
     def representation(self, ptm: Any, batch: Any) -> torch.Tensor: ...
-    def pretrain_loss(self, ptm: Any, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+    def pretrain_loss(self, ptm: Any, batch: Any, gen: torch.Generator | None = ..., ctx: RunContext | None = None,
+                      *, full_vocab: bool = False) -> torch.Tensor: ...
     def param_groups(self, ptm: Any) -> dict[str, list[ParamRef]]: ...
     def hidden_size(self, ptm: Any) -> int: ...
     def layers(self, ptm: Any) -> list[nn.Module]: ...
@@ -61,6 +73,33 @@ class ParamRef:
         if self.bias is None:
             return None
         return self.bias if self.rows is None else self.bias[self.rows]
+
+
+def placement(where: RunContext | str | torch.device, max_len: int | None,
+              pad_to: int | None = None) -> tuple[str | torch.device, int | None]:
+    """(device, padding width) of a batch.  ``where`` is the run context, whose regime decides: its device,
+    and ``max_len`` on the reference paths, else None (the batch's longest).  The low-level form passes a
+    device name and, if it wants a fixed width, ``pad_to``; with a context ``pad_to`` is an error, since the
+    context already decides it."""
+    if isinstance(where, (str, torch.device)):
+        return where, pad_to
+    if pad_to is not None:
+        raise TypeError("pad_to is the run context's to decide; pass a device name to set it explicitly")
+    return where.device, where.pad_to(max_len)
+
+
+def bucketing_of(bucketing: bool, ctx: RunContext | None) -> bool:
+    """Length bucketing as asked, and never on the reference paths of ``ctx``."""
+    return bool(bucketing) and not (ctx is not None and ctx.reference_paths)
+
+
+def full_vocab_of(ctx: RunContext | None, full_vocab: bool) -> bool:
+    """Full-vocabulary MLM logits: the context's reference paths, else the explicit low-level switch."""
+    if ctx is None:
+        return bool(full_vocab)
+    if full_vocab:
+        raise TypeError("full_vocab is the run context's to decide; pass no context to set it explicitly")
+    return bool(ctx.reference_paths)
 
 
 def to_device(t: torch.Tensor, device: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,12 +20,18 @@ from bench.errors import PtmbenchError
 from bench.modalities.base import (
     ParamRef,
     bucketed_batches,
+    bucketing_of,
+    full_vocab_of,
     load_dataset_split,
+    placement,
     shuffled_batches,
     sorted_batches,
     to_device,
 )
 from bench.ptm import PTM
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
 
 FAMILIES: dict[str, tuple[type, type]] = {"bert": (BertModel, BertConfig), "roberta": (RobertaModel, RobertaConfig)}
 WEIGHTS = "weights.safetensors"
@@ -294,7 +300,10 @@ class TextAdapter:
         return data.lengths(max_len)
 
     def batches(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, shuffle: bool,
-                bucketing: bool) -> list[np.ndarray]:
+                bucketing: bool, ctx: RunContext | None = None) -> list[np.ndarray]:
+        """Batch indices: shuffled (training) or in order (inference), by length when ``bucketing`` asks for it
+        and ``ctx`` is not on the reference paths (plain shuffled / input-order batches there)."""
+        bucketing = bucketing_of(bucketing, ctx)
         if not shuffle:
             return sorted_batches(lengths, batch_size) if bucketing else [
                 np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
@@ -302,9 +311,17 @@ class TextAdapter:
             return bucketed_batches(lengths, batch_size, rng)
         return shuffled_batches(len(lengths), batch_size, rng)
 
-    def collate(self, ptm: PTM, data: TokenizedText, idx: np.ndarray, max_len: int, device: str,
+    def collate(self, ptm: PTM, data: TokenizedText, idx: np.ndarray, max_len: int, where: RunContext | str,
                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
-        batch = self.pack(ptm.processor, [data.ids[i] for i in idx], max_len, pad_to)
+        """Rows ``idx`` of ``data`` packed (:meth:`pack`) on the context's device, padded as its regime says
+        (:func:`~bench.modalities.base.placement`); low-level: a device name and an explicit ``pad_to``."""
+        return self.collate_ids(ptm, [data.ids[i] for i in idx], max_len, where, pad_to)
+
+    def collate_ids(self, ptm: PTM, seqs: list[np.ndarray], max_len: int, where: RunContext | str,
+                    pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`collate` for token-id sequences a method built itself (e.g. with a trigger inserted)."""
+        device, width = placement(where, max_len, pad_to)
+        batch = self.pack(ptm.processor, seqs, max_len, width)
         return {k: to_device(v, device) for k, v in batch.items()}
 
     def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
@@ -335,23 +352,25 @@ class TextAdapter:
         return ids, labels
 
     def mlm_logits(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor,
-                   full_vocab: bool = False) -> torch.Tensor:
-        """MLM logits at the masked positions; ``full_vocab`` computes them at every position first (the
-        reference implementations' cost) and then keeps the masked ones."""
+                   ctx: RunContext | None = None, *, full_vocab: bool = False) -> torch.Tensor:
+        """MLM logits at the masked positions; on the reference paths of ``ctx`` (low-level: ``full_vocab``)
+        they are computed at every position first (the reference implementations' cost), then the masked
+        ones kept."""
+        full_vocab = full_vocab_of(ctx, full_vocab)
         hidden = ptm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         if full_vocab:
             return ptm.pt_head(hidden)[labels != -100]
         return ptm.pt_head(hidden[labels != -100])
 
     def mlm_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], labels: torch.Tensor,
-                 full_vocab: bool = False) -> torch.Tensor:
+                 ctx: RunContext | None = None, *, full_vocab: bool = False) -> torch.Tensor:
         """Cross-entropy over masked positions only (the logits of unmasked positions are never computed).
 
-        ``full_vocab``: BertForMaskedLM's way, the reference paths: the MLM head over every position's hidden
-        state (full-vocabulary logits at every token, padding included), then CE with ``ignore_index=-100``.
-        The same value, at the cost of logits nobody reads.
+        On the reference paths of ``ctx`` (low-level: ``full_vocab``), BertForMaskedLM's way: the MLM head
+        over every position's hidden state (full-vocabulary logits at every token, padding included), then
+        CE with ``ignore_index=-100``.  The same value, at the cost of logits nobody reads.
         """
-        if full_vocab:
+        if full_vocab_of(ctx, full_vocab):
             hidden = ptm.backbone(input_ids=batch["input_ids"],
                                   attention_mask=batch["attention_mask"]).last_hidden_state
             logits = ptm.pt_head(hidden)
@@ -365,9 +384,10 @@ class TextAdapter:
         return F.cross_entropy(logits.float(), labels[labels != -100])
 
     def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator,
-                      full_vocab: bool = False) -> torch.Tensor:
+                      ctx: RunContext | None = None, *, full_vocab: bool = False) -> torch.Tensor:
+        """:meth:`mlm_loss` with fresh BERT masks drawn from ``gen``."""
         ids, labels = self.mask_tokens(ptm.processor, batch["input_ids"], batch["attention_mask"], gen)
-        return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, full_vocab=full_vocab)
+        return self.mlm_loss(ptm, {**batch, "input_ids": ids}, labels, ctx, full_vocab=full_vocab)
 
 
 def pickle_allowed() -> bool:

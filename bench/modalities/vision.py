@@ -19,7 +19,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.errors import PtmbenchError
-from bench.modalities.base import ParamRef, load_dataset_split, shuffled_batches, to_device
+from bench.modalities.base import ParamRef, load_dataset_split, placement, shuffled_batches, to_device
 from bench.ptm import PTM
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -309,7 +312,8 @@ class VisionAdapter:
         return np.ones(len(data), dtype=np.int64)
 
     def batches(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, shuffle: bool,
-                bucketing: bool = False) -> list[np.ndarray]:
+                bucketing: bool = False, ctx: RunContext | None = None) -> list[np.ndarray]:
+        """Shuffled or in-order batches; images have one size, so there is nothing to bucket in any regime."""
         if not shuffle:
             return [np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
         return shuffled_batches(len(lengths), batch_size, rng)
@@ -321,8 +325,11 @@ class VisionAdapter:
         std = torch.tensor(proc.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def collate(self, ptm: PTM, data: ImageData, idx: np.ndarray, max_len: int | None, device: str,
+    def collate(self, ptm: PTM, data: ImageData, idx: np.ndarray, max_len: int | None, where: RunContext | str,
                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """Normalised pixels (and labels) of rows ``idx`` on the context's device (or a device name); images
+        need no padding in any regime."""
+        device, _ = placement(where, max_len, pad_to)
         batch = {"pixel_values": self.to_tensor(ptm, data.pixels[idx], device)}
         if data.labels is not None:
             batch["labels"] = to_device(torch.as_tensor(data.labels[idx], dtype=torch.long), device)
@@ -337,11 +344,11 @@ class VisionAdapter:
         return ptm.pt_head(self.representation(ptm, batch))
 
     def pretrain_loss(self, ptm: PTM, batch: dict[str, torch.Tensor], gen: torch.Generator | None = None,
-                      full_vocab: bool = False) -> torch.Tensor:
+                      ctx: RunContext | None = None, *, full_vocab: bool = False) -> torch.Tensor:
         """Cross-entropy of the pretraining head on labelled images (the ViT's supervised objective).
 
-        ``full_vocab`` is the text adapter's reference-paths switch; a ViT's head has no per-token logits to
-        skip, so it changes nothing here."""
+        The reference paths of ``ctx`` (low-level: ``full_vocab``) are the text adapter's full-vocabulary
+        switch; a ViT's head has no per-token logits to skip, so they change nothing here."""
         if "labels" not in batch:
             raise PtmbenchError("the ViT pretraining loss needs labelled images (e.g. tiny-imagenet validation)")
         return F.cross_entropy(self.pretrain_logits(ptm, batch).float(), batch["labels"])
