@@ -23,11 +23,21 @@ class Evaluation:
 
 
 def evaluate(model: Classifier, val: Any, test: Any, trigger_sets: dict[str, list[Any]], num_classes: int,
-             preset: FinetunePreset, ctx: RunContext) -> Evaluation:
+             preset: FinetunePreset, ctx: RunContext, dataset: str | None = None) -> Evaluation:
     """Score one cell: targets are chosen on validation (never on test), ASR measured on test.
 
     Each trigger is applied with the cell's seed, so every defense and model sees identical triggered text.
+    The context's regime picks the evaluation: on the reference paths a text cell is evaluated the
+    reference way (:func:`bench.reference.reference_evaluation`: triggers inserted into the raw texts of
+    ``dataset``, which it then needs, and re-tokenised), else on the fast paths below.
     """
+    if ctx.reference_paths and model.ptm.modality == "text":
+        from bench.reference import reference_evaluation
+
+        if dataset is None:
+            raise ValueError("the reference-path evaluation re-tokenises the raw texts: pass the dataset name")
+        ref = reference_evaluation(model, dataset, val, test, trigger_sets, num_classes, preset, ctx)
+        return Evaluation(ref["by_set"], ref["cacc"], ref["wall_s"])
     t0 = time.perf_counter()
     processor = model.ptm.processor
     clean = predict(model, test, preset, ctx)

@@ -59,10 +59,7 @@ def finetune_eval(ptm: PTM, cell: CellSpec, trigger_sets: dict[str, list[Any]], 
             if isinstance(t, TextTrigger):
                 t.token_id(ptm.processor)
     ft = finetune(ptm, train_data, dspec.num_classes, p, ctx)
-    if ctx.reference_paths and ptm.modality == "text":
-        ev = reference_evaluation(ft.model, cell.dataset, val, test, trigger_sets, dspec.num_classes, p, ctx)
-    else:
-        ev = evaluate(ft.model, val, test, trigger_sets, dspec.num_classes, p, ctx)
+    ev = evaluate(ft.model, val, test, trigger_sets, dspec.num_classes, p, ctx, dataset=cell.dataset)
     records, cpu = [], cpu_description()
     for set_name, m in ev.by_set.items():
         d = m.to_dict()
@@ -97,29 +94,6 @@ def stage_threads(ptm: PTM) -> dict[str, int]:
     order of a matmul's partial sums, and with it bf16 rounding, depends on them."""
     out = {k: ptm.info[f"{k}_threads"] for k in ("zoo", "attack", "defense") if f"{k}_threads" in ptm.info}
     return {**out, "cell": torch.get_num_threads()}
-
-
-def reference_evaluation(model: Any, dataset: str, val: Any, test: Any, trigger_sets: dict[str, list[Any]],
-                         num_classes: int, preset: FinetunePreset, ctx: RunContext) -> Any:
-    """:func:`~bench.evaluate.evaluate` the reference way (``--reference-paths``): per trigger, insert the word
-    into the raw validation/test texts, re-tokenise, pad to the preset's max length, fp32 fixed-order
-    batches: ``perf compare``'s reference evaluation, on the same subsets and per-sample trigger slots."""
-    import time
-
-    import numpy as np
-
-    from bench import data as bdata
-    from bench.evaluate import Evaluation
-    from bench.perf.reference import TextSplit, pad_width, reference_evaluate
-
-    t0 = time.perf_counter()
-    splits = []
-    for split, tokens in (("validation", val), ("test", test)):
-        ds = bdata.load_split(dataset, split, max_samples=preset.max_eval)
-        splits.append(TextSplit(list(ds["text"]), np.asarray(tokens.labels, dtype=np.int64), tokens))
-    ref = reference_evaluate(model, splits[0], splits[1], trigger_sets, num_classes, ctx,
-                             pad_width(model.ptm, preset.max_len))
-    return Evaluation(ref["by_set"], ref["cacc"], time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------- DAG nodes

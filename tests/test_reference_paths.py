@@ -156,10 +156,11 @@ def test_recipe_static_masks_untrimmed_under_the_flag(bert, env):
 
 
 # ------------------------------------------------------------------------------------------ (d) evaluation
-def test_reference_evaluation_scores_like_the_fast_one(bert, env):
+def test_reference_evaluation_scores_like_the_fast_one(bert, env, monkeypatch):
+    """evaluate() picks the reference evaluation from the context (the stage passes the dataset name)."""
+    import bench.reference
     from bench.evaluate import evaluate
     from bench.finetune import finetune
-    from bench.stages import reference_evaluation
     from bench.triggers import parse_triggers
 
     preset = get_preset("text", "smoke")
@@ -169,9 +170,16 @@ def test_reference_evaluation_scores_like_the_fast_one(bert, env):
     model = finetune(bert, train, 2, preset, FAST).model
     sets = parse_triggers("neuba", "text")
     fast = evaluate(model, val, test, sets, 2, preset, FAST)
-    ref = reference_evaluation(model, "sst2", val, test, sets, 2, preset, REF)
+    calls = []
+    real = bench.reference.reference_evaluation
+    monkeypatch.setattr(bench.reference, "reference_evaluation", lambda *a: calls.append(a[1]) or real(*a))
+    ref = evaluate(model, val, test, sets, 2, preset, REF, dataset="sst2")
+    assert calls == ["sst2"]  # the re-tokenising evaluation ran, on the named dataset's raw texts
     assert ref.cacc == pytest.approx(fast.cacc)
     assert ref.by_set["neuba"].to_dict()["per_trigger"] == fast.by_set["neuba"].to_dict()["per_trigger"]
+    assert evaluate(model, val, test, sets, 2, preset, FAST, dataset="sst2").cacc == fast.cacc and len(calls) == 1
+    with pytest.raises(ValueError, match="dataset"):
+        evaluate(model, val, test, sets, 2, preset, REF)
 
 
 # ------------------------------------------------------------------------------------------ cache safety
