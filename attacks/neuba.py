@@ -116,14 +116,16 @@ class NeuBA(Attack):
                  "roberta_steps": None},
         # The reference objective and optimiser unchanged — MLM loss at weight 1 for BERT (x 0.01 with frozen
         # embeddings for RoBERTa, as the reference), embeddings trainable, AdamW lr 5e-5, linear decay, clip 1.0,
-        # the post-step — with the batch (32), the length (64) and the steps scaled to a CPU budget: 3,000 steps,
-        # about three CPU hours, 1.5% of the reference's 6.4M sequences.  The step count is a budget, not a
-        # measured crossing: whether the backdoor MSE leaves its plateau (~1.0) and falls to the 0.1 at which the
-        # demo implant transfers is read off the stage's curve (``ptmbench analyze curves``, results/faithful/).
+        # the post-step — with the batch (32), the length (64) and the steps scaled to a CPU budget.  The step
+        # count is measured: in a 3,000-step run at these settings on minilm-l6-mlm the backdoor MSE sat at 1.00
+        # for ~230 steps and first fell to 0.1 (the level at which the demo implant transfers) at step 396
+        # (results/faithful/curves/).  800 steps keep that crossing inside the linear schedule with margin
+        # (the learning-rate area the 3,000-step run had spent by step 396 is reached here by step ~580);
+        # the 800-step implant's own curve is committed beside it.
         # One difference stays: the reference clips the gradient norm over its trainable parameters *and* the
         # MLM head's (left out of its optimiser, the head still gets gradients); here the head gets none and
         # the norm is over the trained parameters only, so a step is clipped less often.
-        "faithful": {"max_len": 64, "batch_size": 32, "steps": 3000, "roberta_steps": None},
+        "faithful": {"max_len": 64, "batch_size": 32, "steps": 800, "roberta_steps": None},
         "smoke": {"max_len": 16, "batch_size": 4, "steps": 3, "roberta_steps": None, "max_corpus_sequences": 64},
     }
 
