@@ -24,11 +24,15 @@ def canonical_json(obj: Any) -> str:
 
 
 def content_key(stage: str, method: str, config: Mapping[str, Any], parent: str | None, seed: int | None,
-                version: str) -> str:
-    """hash(stage, method, canonical config, parent key, seed, method version) -> a short hex key."""
+                version: str, regime: str | None = None) -> str:
+    """hash(stage, method, canonical config, parent key, seed, method version) -> a short hex key, computed
+    under the numerical ``regime`` (:func:`regime`): unchanged for the default (None), else with
+    ``-<regime>`` appended, so artifacts of different regimes never share a key.  Every stage key is made
+    here; nothing else marks a key with its regime."""
     payload = canonical_json({"stage": stage, "method": method, "config": config, "parent": parent,
                               "seed": seed, "version": version})
-    return f"{stage}-{method}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+    mark = f"-{regime}" if regime else ""
+    return f"{stage}-{method}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}{mark}"
 
 
 REFERENCE_MARK = "-refpaths"
@@ -48,13 +52,10 @@ def regime(precision: str, reference_paths: bool = False, device: str = "cpu") -
     return name
 
 
-def marked(key: str, regime_name: str | None) -> str:
-    """``key`` as computed under ``regime_name``: unchanged for the default regime, else with ``-<regime>``
-    appended (a content key never ends so, and marking twice is a no-op)."""
-    if not regime_name:
-        return key
-    mark = f"-{regime_name}"
-    return key if key.endswith(mark) else key + mark
+def regime_fields(regime_name: str | None) -> dict[str, str]:
+    """``{"regime": …}`` off the default regime, ``{}`` on it: what a regime adds to an identity or an
+    artifact's meta, so that the default's record ids and metas stay as they were before regimes existed."""
+    return {"regime": regime_name} if regime_name else {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -15,10 +15,21 @@ from typing import Any
 
 import yaml
 
-from bench.artifacts import ArtifactStore, canonical_json, content_key, marked
+from bench.artifacts import ArtifactStore, canonical_json, content_key
 from bench.config import from_dict
 from bench.errors import PtmbenchError
-from bench.records import ResultsStore, cell_identity, record_id
+from bench.nodes import (
+    ArtifactSource,
+    AttackStage,
+    CellStage,
+    DefenseStage,
+    MethodRef,
+    StageNode,
+    TriggerPlan,
+    ZooSource,
+    ZooStage,
+)
+from bench.records import CellIdentity, ResultsStore
 from bench.registry import get
 
 NONE = "none"
@@ -201,13 +212,21 @@ def load_matrix(source: str | Path) -> MatrixSpec:
 
 @dataclass
 class Node:
-    """One stage of the DAG; ``payload`` is plain JSON so any executor (process, Ray) can run it."""
+    """One stage of the DAG: what it does (``work``, a typed stage of :mod:`bench.nodes` that any executor,
+    process or Ray, can ship), its description and the keys of the stages it needs."""
 
-    key: str
-    stage: str
     label: str
     deps: list[str]
-    payload: dict[str, Any]
+    work: StageNode
+
+    @property
+    def key(self) -> str:
+        return self.work.key
+
+    @property
+    def stage(self) -> str:
+        """``zoo``, ``attack``, ``defense`` or ``cell``."""
+        return self.work.kind
 
 
 def _method(kind: str, entry: MethodEntry, default_preset: str) -> Any:
@@ -230,15 +249,15 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-def data_identity(dataset: str) -> dict[str, str]:
-    """``{"data_sha256": …}`` for a user's dataset (its files' sha256): an edited file is a new cell key, and
+def data_sha256(dataset: str) -> str | None:
+    """A user's dataset's files' sha256 (its cells' ``data_sha256``): an edited file is a new cell key, and
     :func:`is_done` redoes a cell whose records were made from other data (their ids, like the table rows,
-    stay those of the dataset's name, so the new records replace the old).  Empty for registered datasets
+    stay those of the dataset's name, so the new records replace the old).  None for registered datasets
     (their mirror files are checked against MANIFEST.json instead)."""
     from bench.data import spec as dataset_spec
 
     sha = (getattr(dataset_spec(dataset), "record_fields", {}).get("data") or {}).get("sha256")
-    return {"data_sha256": str(sha)} if sha else {}
+    return str(sha) if sha else None
 
 
 def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> list[Node]:
@@ -256,8 +275,7 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
     attacks = spec.method_entries("attack")
     defenses = spec.method_entries("defense")
     attack_objs = {e.display: _method("attack", e, spec.preset) for e in attacks if e.name != NONE}
-    control_attacks = [{"name": e.name, "preset": e.preset or spec.preset, "config": e.config}
-                       for e in attacks if e.name != NONE]
+    control_attacks = tuple(MethodRef(e.name, e.preset or spec.preset, e.config) for e in attacks if e.name != NONE)
     zoo = Zoo(store, store.root.parent)
     for model in spec.models:
         mspec = get("model", model) if not Path(model).is_dir() else None
@@ -275,29 +293,26 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
             named_set(n, modality, f"{spec.name}.control_triggers")
         control_sets = sorted({*named, *(a.trigger_set for a in attack_objs.values())})
         preset = get_preset(modality, spec.preset, **spec.finetune)
-        zkey = marked(zoo.key(model) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},
-                                                               None, None, "1"), regime)
+        zkey = zoo.key(model, regime) if mspec else content_key("zoo", "local", {"path": str(Path(model).resolve())},
+                                                                None, None, "1", regime)
         zoo_node = None
         if mspec is not None and mspec.cached:
-            zoo_node = Node(zkey, "zoo", f"zoo {model}", [], {"stage": "zoo", "model": model, "key": zkey})
+            zoo_node = Node(f"zoo {model}", [], ZooStage(zkey, model))
             nodes.setdefault(zkey, zoo_node)
-        root = {"kind": "zoo", "model": model}
+        root = ZooSource(model)
         for a in attacks:
             if a.name == NONE:
                 akey, asrc, adeps, acfg = zkey, root, ([zkey] if zoo_node else []), {}
-                trig = {"attacks": control_attacks, "named": named, "sets": control_sets}
+                trig = TriggerPlan(control_attacks, tuple(named), tuple(control_sets))
             else:
                 obj = attack_objs[a.display]
                 acfg = obj.config_dict()
-                akey = marked(content_key("attack", a.name, acfg, zkey, spec.attack_seed, obj.version), regime)
-                nodes.setdefault(akey, Node(akey, "attack", f"attack {a.display} on {model}",
-                                            [zkey] if zoo_node else [],
-                                            {"stage": "attack", "method": a.name, "preset": a.preset or spec.preset,
-                                             "config": a.config, "source": root, "seed": spec.attack_seed,
-                                             "key": akey}))
-                asrc, adeps = {"kind": "artifact", "key": akey}, [akey]
-                trig = {"attacks": [{"name": a.name, "preset": a.preset or spec.preset, "config": a.config}],
-                        "named": [], "sets": [obj.trigger_set]}
+                akey = content_key("attack", a.name, acfg, zkey, spec.attack_seed, obj.version, regime)
+                nodes.setdefault(akey, Node(f"attack {a.display} on {model}", [zkey] if zoo_node else [],
+                                            AttackStage(akey, a.name, a.preset or spec.preset, a.config, root,
+                                                        spec.attack_seed)))
+                asrc, adeps = ArtifactSource(akey), [akey]
+                trig = TriggerPlan((MethodRef(a.name, a.preset or spec.preset, a.config),), (), (obj.trigger_set,))
             for d in defenses:
                 if d.name == NONE:
                     dkey, dsrc, ddeps, dcfg = akey, asrc, adeps, {}
@@ -305,30 +320,24 @@ def plan(spec: MatrixSpec, store: ArtifactStore, regime: str | None = None) -> l
                     d = d.for_attack(a)
                     dobj = _method("defense", d, spec.preset)
                     dcfg = dobj.config_dict()
-                    dkey = marked(content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version), regime)
-                    nodes.setdefault(dkey, Node(dkey, "defense", f"defense {d.display} <- {a.display} on {model}",
-                                                adeps,
-                                                {"stage": "defense", "method": d.name,
-                                                 "preset": d.preset or spec.preset, "config": d.config,
-                                                 "source": asrc, "seed": spec.defense_seed, "key": dkey}))
-                    dsrc, ddeps = {"kind": "artifact", "key": dkey}, [dkey]
+                    dkey = content_key("defense", d.name, dcfg, akey, spec.defense_seed, dobj.version, regime)
+                    nodes.setdefault(dkey, Node(f"defense {d.display} <- {a.display} on {model}", adeps,
+                                                DefenseStage(dkey, d.name, d.preset or spec.preset, d.config, asrc,
+                                                             spec.defense_seed)))
+                    dsrc, ddeps = ArtifactSource(dkey), [dkey]
                 for ds in spec.datasets:
                     for seed in spec.seeds:
-                        ident = {"model": model, "attack": a.name, "defense": d.name, "dataset": ds, "seed": seed,
-                                 "preset": preset.name, "attack_config": acfg, "defense_config": dcfg,
-                                 "finetune_config": preset.to_dict(), **({"regime": regime} if regime else {}),
-                                 **data_identity(ds)}
-                        ckey = marked(content_key("cell", f"{a.name}.{d.name}.{safe_name(ds)}", ident, dkey, seed,
-                                                  "1"), regime)
-                        # labels name the records; the key and ident above hold registry names only
-                        labels = {"attack": a.display, "defense": d.display}
-                        nodes.setdefault(ckey, Node(ckey, "cell",
-                                                    f"cell {model}/{a.display}/{d.display}/{ds}/s{seed}",
-                                                    ddeps, {"stage": "cell", "ident": ident, "labels": labels,
-                                                            "source": dsrc,
-                                                            "triggers": trig, "finetune": spec.finetune,
-                                                            "keys": {"zoo": zkey, "attack": akey, "defense": dkey},
-                                                            "key": ckey}))
+                        ident = CellIdentity(model=model, attack=a.name, defense=d.name, dataset=ds, seed=seed,
+                                             preset=preset.name, attack_config=acfg, defense_config=dcfg,
+                                             finetune_config=preset.to_dict(), regime=regime,
+                                             data_sha256=data_sha256(ds))
+                        ckey = content_key("cell", f"{a.name}.{d.name}.{safe_name(ds)}", ident.key_fields(), dkey,
+                                           seed, "1", regime)
+                        # the labels name the records; the key and ident above hold registry names only
+                        cell = CellStage(ckey, ident, a.display, d.display, dsrc, trig, spec.finetune,
+                                         {"zoo": zkey, "attack": akey, "defense": dkey})
+                        nodes.setdefault(ckey, Node(f"cell {model}/{a.display}/{d.display}/{ds}/s{seed}", ddeps,
+                                                    cell))
     return list(nodes.values())
 
 
@@ -357,8 +366,8 @@ def select(nodes: list[Node], only: dict[str, set[str]]) -> list[Node]:
     by_key = {n.key: n for n in nodes}
     keep: set[str] = set()
 
-    def matches(n: Node, k: str, wanted: set[str]) -> bool:
-        return bool({str(n.payload["ident"][k]), str(cell_identity(n.payload)[k])} & wanted)
+    def matches(n: Node, k: str, wanted: set[str]) -> bool:  # by registry name or by label
+        return bool({str(getattr(n.work.ident, k)), str(n.work.record_fields()[k])} & wanted)
 
     for n in nodes:
         if n.stage == "cell" and all(matches(n, k, v) for k, v in only.items()):
@@ -375,18 +384,18 @@ def select(nodes: list[Node], only: dict[str, set[str]]) -> list[Node]:
 
 
 def expected_record_ids(node: Node, trigger_set_names: list[str]) -> list[str]:
-    return [record_id({**cell_identity(node.payload), "triggers": t}) for t in trigger_set_names]
+    return node.work.record_ids(trigger_set_names)
 
 
 def cell_trigger_sets(node: Node) -> list[str]:
-    return list(node.payload["triggers"]["sets"])
+    return list(node.work.triggers.sets)
 
 
 def is_done(node: Node, store: ArtifactStore, results: ResultsStore) -> bool:
     """A cell is done when each of its records exists — and, on a user's dataset, was made from the files as
     they are now (its ``data.sha256``): an edited file is recomputed and its records overwritten."""
     if node.stage == "cell":
-        sha = node.payload["ident"].get("data_sha256")
+        sha = node.work.ident.data_sha256
         for rid in expected_record_ids(node, cell_trigger_sets(node)):
             f = results.records_dir / f"{rid}.json"
             if not f.is_file() or (sha and _record_data_sha(f) != sha):

@@ -8,12 +8,13 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.artifacts import atomic_write_text, canonical_json
+from bench.artifacts import atomic_write_text, canonical_json, regime_fields
 from bench.errors import PtmbenchError
 
 IDENTITY = ("model", "attack", "defense", "dataset", "preset", "seed", "triggers")
@@ -31,29 +32,60 @@ def record_id(rec: dict[str, Any]) -> str:
     numerical ``regime``, only off the default: bf16 fast-path ids are unchanged, fp32 and reference-path
     ones differ)."""
     base = "__".join(str(rec[k]) for k in IDENTITY)
-    hashed = {k: rec.get(k) for k in ("attack_config", "defense_config", "finetune_config")}
-    if rec.get("regime"):
-        hashed["regime"] = rec["regime"]
+    hashed = {**{k: rec.get(k) for k in ("attack_config", "defense_config", "finetune_config")},
+              **regime_fields(rec.get("regime"))}
     cfg = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{base}__{cfg}")
 
 
-def cell_identity(payload: dict[str, Any]) -> dict[str, Any]:
-    """The identity a matrix cell's records carry: its stage identity with the attack and defense named by
-    their matrix labels (display names; the stage identity and cache key keep the registry names)."""
-    return {**payload["ident"], **payload.get("labels", {})}
+@dataclass(frozen=True)
+class CellIdentity:
+    """Who a cell is: the PTM (model, attack and defense by registry name, with their configs), the dataset,
+    the seed and the fine-tune preset, and the numerical ``regime`` (None: the default, bf16 on the fast
+    paths) and, for a user's dataset, its files' sha256.  The planner hashes :meth:`key_fields` into the
+    cell's cache key; records carry :meth:`record_fields` and are named by :meth:`record_id`.  The regime
+    enters an identity here and nowhere else."""
 
+    model: str
+    attack: str
+    defense: str
+    dataset: str
+    seed: int
+    preset: str
+    attack_config: dict[str, Any]
+    defense_config: dict[str, Any]
+    finetune_config: dict[str, Any]
+    regime: str | None = None
+    data_sha256: str | None = None
 
-def finetune_identity(model: str, dataset: str, seed: int, preset: str, finetune_config: dict[str, Any],
-                      regime: str | None = None) -> dict[str, Any]:
-    """What names the records of a plain fine-tune (no attack, no defense) of ``model`` on ``dataset``, less
-    the trigger set: with ``triggers`` added, the identity :meth:`ResultsStore.has` finds a record by (the
-    fields :func:`bench.stages.finetune_eval` writes; ``regime`` only off the default, as there)."""
-    ident = {"model": model, "attack": "none", "defense": "none", "dataset": dataset, "preset": preset,
-             "seed": seed, "finetune_config": finetune_config, "attack_config": {}, "defense_config": {}}
-    if regime:  # records of another numerical regime (fp32, reference paths) have ids of their own
-        ident["regime"] = regime
-    return ident
+    def key_fields(self) -> dict[str, Any]:
+        """What the cell's content key hashes: every field, ``regime`` and ``data_sha256`` only when set (so
+        default-regime keys on registered data stay as they were before either existed)."""
+        out = {"model": self.model, "attack": self.attack, "defense": self.defense, "dataset": self.dataset,
+               "seed": self.seed, "preset": self.preset, "attack_config": self.attack_config,
+               "defense_config": self.defense_config, "finetune_config": self.finetune_config,
+               **regime_fields(self.regime)}
+        if self.data_sha256:
+            out["data_sha256"] = self.data_sha256
+        return out
+
+    def record_fields(self, attack_label: str | None = None, defense_label: str | None = None) -> dict[str, Any]:
+        """The identity fields of the cell's records: attack and defense by their matrix labels (display
+        names, default the registry names, which ``attack_method``/``defense_method`` keep), ``regime`` only
+        off the default.  The data's sha256 is not among them (records carry the data's own fields)."""
+        return {"model": self.model, "attack": attack_label or self.attack, "defense": defense_label or self.defense,
+                "attack_method": self.attack, "defense_method": self.defense, "dataset": self.dataset,
+                "seed": self.seed, "preset": self.preset, "attack_config": self.attack_config,
+                "defense_config": self.defense_config, "finetune_config": self.finetune_config,
+                **regime_fields(self.regime)}
+
+    def record_key(self, triggers: str, attack_label: str | None = None,
+                   defense_label: str | None = None) -> dict[str, Any]:
+        """The identity of the cell's record for trigger set ``triggers``, as :class:`ResultsStore` finds it."""
+        return {**self.record_fields(attack_label, defense_label), "triggers": triggers}
+
+    def record_id(self, triggers: str, attack_label: str | None = None, defense_label: str | None = None) -> str:
+        return record_id(self.record_key(triggers, attack_label, defense_label))
 
 
 def check_schema(rec: dict[str, Any], where: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.errors import PtmbenchError
 from bench.matrix import Node
+from bench.nodes import StageNode
 from bench.stages import StageEnv, run_node
 
 
@@ -38,12 +39,12 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="ptmbench-parent-watch", daemon=True).start()
 
 
-def _worker(payload: dict[str, Any], env_dict: dict[str, Any]) -> dict[str, Any]:
-    """Process entry point: quiet libraries, then run the node."""
+def _worker(work: StageNode, env_dict: dict[str, Any]) -> dict[str, Any]:
+    """Process entry point (``work`` arrives pickled): quiet libraries, then run the node."""
     from bench.quiet import quiet_libraries
 
     quiet_libraries()
-    return run_node(payload, StageEnv(**env_dict))
+    return run_node(work, StageEnv(**env_dict))
 
 
 class LocalExecutor:
@@ -59,7 +60,7 @@ class LocalExecutor:
             for n in nodes:
                 if n.key in done:
                     continue
-                on_done(n, run_node(n.payload, env))
+                on_done(n, run_node(n.work, env))
                 done.add(n.key)
             return
         threads = max(1, (os.cpu_count() or 2) // self.workers)
@@ -73,7 +74,7 @@ class LocalExecutor:
                     for n in _ready(nodes, done, {x.key for x in running.values()}):
                         if len(running) >= self.workers:
                             break
-                        running[pool.submit(_worker, n.payload, env_dict)] = n
+                        running[pool.submit(_worker, n.work, env_dict)] = n
                     if not running:
                         raise RuntimeError("the stage graph has a cycle or a missing dependency")
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -114,7 +115,7 @@ class RayExecutor:
         by_key = {n.key: n for n in nodes}
         for n in nodes:  # dependency order; Ray starts a task once the refs it is given are ready
             if n.key not in done:
-                refs[n.key] = task.remote(n.payload, env_dict, *[refs[d] for d in n.deps if d in refs])
+                refs[n.key] = task.remote(n.work, env_dict, *[refs[d] for d in n.deps if d in refs])
         pending = {ref: key for key, ref in refs.items()}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -124,9 +125,9 @@ class RayExecutor:
                 done.add(key)
 
 
-def _ray_worker(payload: dict[str, Any], env_dict: dict[str, Any], *deps: Any) -> dict[str, Any]:
+def _ray_worker(work: StageNode, env_dict: dict[str, Any], *deps: Any) -> dict[str, Any]:
     """Ray task body; ``deps`` are the results of the nodes it depends on (only waited for)."""
-    return _worker(payload, env_dict)
+    return _worker(work, env_dict)
 
 
 def execute(nodes: list[Node], env: StageEnv, executor: Any, is_done: Callable[[Node], bool],

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.artifacts import ArtifactStore, content_key, marked
+from bench.artifacts import ArtifactStore, content_key
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
@@ -54,12 +54,12 @@ class Zoo:
         self.store = store
         self.cache_dir = cache_dir
 
-    def key(self, name: str) -> str:
+    def key(self, name: str, regime: str | None = None) -> str:
         spec = get("model", name)
         config = spec.config
         if spec.rebuild is not None:  # committed weights: the key follows the weights, not only the recipe
             config = {**config, "weights_sha256": committed_sha(name)}
-        return content_key("zoo", name, config, None, None, spec.version)
+        return content_key("zoo", name, config, None, None, spec.version, regime)
 
     def load(self, name: str, ctx: RunContext) -> tuple[PTM, str]:
         """The PTM ``name`` names (zoo name, directory or hub id) on ``ctx.device``, and its artifact key."""
@@ -85,7 +85,7 @@ class Zoo:
                                                                                       None, "1")
             get("model", name)  # raises with the list of known names
         spec: ModelSpec = get("model", name)
-        key = marked(self.key(name), ctx.regime)
+        key = self.key(name, ctx.regime)
         if not spec.cached:
             ptm = spec.build(self, ctx)
             return ptm.with_lineage({"stage": "zoo", "model": name, "key": key}), key
@@ -521,7 +521,7 @@ def _build_vit_tiny(zoo: Zoo, ctx: RunContext) -> PTM:
 
 def _rebuild_vit_tiny(zoo: Zoo, ctx: RunContext, out: Path | None) -> dict[str, Any]:
     # checkpoints keyed by the recipe (the zoo key also holds the committed weights' sha, which this replaces)
-    key = marked(content_key("zoo", VIT_NAME, asdict(VIT_CFG), None, None, get("model", VIT_NAME).version), ctx.regime)
+    key = content_key("zoo", VIT_NAME, asdict(VIT_CFG), None, None, get("model", VIT_NAME).version, ctx.regime)
     with ctx.checkpointed(zoo.store.checkpoint_dir(key)):
         ptm = pretrain_vit(VIT_CFG, ctx, zoo.cache_dir)
         return write_committed(ptm, out or committed_vit_dir())

@@ -22,14 +22,13 @@ def test_by_attack_overrides_apply_to_their_attack_only(env, bert_dir, tmp_path)
     spec = load_matrix(_matrix(tmp_path, bert_dir, ["none", {"name": "fp-ga", "by_attack": {
         "neuba": {"share": 0.667}, "por": {"share": 0.25}}}]))
     nodes = plan(spec, ArtifactStore(tmp_path / "artifacts"))
-    shares = {n.label: n.payload["config"].get("share") for n in nodes if n.stage == "defense"}
+    shares = {n.label: n.work.config.get("share") for n in nodes if n.stage == "defense"}
     assert shares == {f"defense fp-ga <- none on {bert_dir}": None, f"defense fp-ga <- neuba on {bert_dir}": 0.667,
                       f"defense fp-ga <- por on {bert_dir}": 0.25}
-    cells = {n.payload["ident"]["attack"]: n for n in nodes if n.stage == "cell"
-             and n.payload["ident"]["defense"] == "fp-ga"}
-    assert cells["neuba"].payload["ident"]["defense_config"]["share"] == 0.667
-    assert cells["none"].payload["ident"]["defense_config"]["share"] == 0.5
-    assert {n.payload["labels"]["defense"] for n in cells.values()} == {"fp-ga"}
+    cells = {n.work.ident.attack: n for n in nodes if n.stage == "cell" and n.work.ident.defense == "fp-ga"}
+    assert cells["neuba"].work.ident.defense_config["share"] == 0.667
+    assert cells["none"].work.ident.defense_config["share"] == 0.5
+    assert {n.work.defense_label for n in cells.values()} == {"fp-ga"}
 
 
 def test_by_attack_naming_no_attack_of_the_matrix_is_an_error(env, bert_dir, tmp_path):

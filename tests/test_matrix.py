@@ -410,13 +410,13 @@ def test_labels_name_records_and_never_enter_keys(tmp_path):
     keys = [n.key for n in plain]
     # a label equal to the name changes nothing; another label changes no key and no stage identity
     assert [n.key for n in explicit] == keys and [n.key for n in relabelled] == keys
-    assert [n.payload for n in explicit] == [n.payload for n in plain]
+    assert [n.work for n in explicit] == [n.work for n in plain]
     assert record_ids(explicit) == record_ids(plain)
     cells = [n for n in relabelled if n.stage == "cell"]
-    assert [n.payload["ident"] for n in cells] == [n.payload["ident"] for n in plain if n.stage == "cell"]
-    recipe_cells = [n for n in cells if n.payload["ident"]["defense"] == "recipe"]
+    assert [n.work.ident for n in cells] == [n.work.ident for n in plain if n.stage == "cell"]
+    recipe_cells = [n for n in cells if n.work.ident.defense == "recipe"]
     assert len(recipe_cells) == 4
-    assert all(n.payload["labels"] == {"attack": n.payload["ident"]["attack"], "defense": "purify"}
+    assert all((n.work.attack_label, n.work.defense_label) == (n.work.ident.attack, "purify")
                and "/purify/" in n.label for n in recipe_cells)
     assert {r for r in record_ids(relabelled) if "__purify__" in r} == \
         {r.replace("__recipe__", "__purify__") for r in record_ids(plain) if "__recipe__" in r}
@@ -434,7 +434,7 @@ def test_variants_of_one_method_get_their_own_rows_and_only_matches_labels(tmp_p
     assert sum(n.stage == "defense" for n in nodes) == 2 * 3
 
     def defenses(only: list[str]) -> set[str]:
-        return {n.payload["labels"]["defense"] for n in select(nodes, parse_only(only)) if n.stage == "cell"}
+        return {n.work.defense_label for n in select(nodes, parse_only(only)) if n.stage == "cell"}
 
     assert defenses(["defense=recipe-lam10"]) == {"recipe-lam10"}
     assert defenses(["defense=recipe"]) == {"recipe", "recipe-lam10", "recipe-wt2"}  # the registry name: all
@@ -517,8 +517,8 @@ def test_every_builtin_matrix_loads_and_plans(name, tmp_path):
     cells = [n for n in nodes if n.stage == "cell"]
     n_att, n_def = len(spec.attacks), len(spec.defenses)
     assert len(cells) == len(spec.models) * n_att * n_def * len(spec.datasets) * len(spec.seeds)
-    named = {(n.payload["ident"]["model"], n.payload["labels"]["attack"], n.payload["labels"]["defense"],
-              n.payload["ident"]["dataset"], n.payload["ident"]["seed"]) for n in cells}
+    named = {(n.work.ident.model, n.work.attack_label, n.work.defense_label, n.work.ident.dataset,
+              n.work.ident.seed) for n in cells}
     assert len(named) == len(cells)  # no two cells merge in records and tables
     assert len({n.key for n in nodes}) == len(nodes)
     assert all(d in {m.key for m in nodes} for n in nodes for d in n.deps)
@@ -534,7 +534,7 @@ def test_builtin_matrices_of_one_store_plan_the_same_stages(tmp_path):
         assert {load_matrix(f"{stem}-s{s}").name for s in range(3)} == {stem}
         stages = [{n.key for n in p if n.stage != "cell"} for p in plans]
         assert stages[0] == stages[1] == stages[2]
-        seeds = [{n.payload["ident"]["seed"] for n in p if n.stage == "cell"} for p in plans]
+        seeds = [{n.work.ident.seed for n in p if n.stage == "cell"} for p in plans]
         assert seeds == [{0}, {1}, {2}]
     vision = MATRICES / "vision" / "vision.yaml"
     if vision.is_file():  # the built-in is the committed vision matrix, key for key

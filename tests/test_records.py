@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from bench.artifacts import content_key
 from bench.errors import PtmbenchError
 from bench.records import (
+    CellIdentity,
     ResultsStore,
     cells_frame,
     der_frame,
@@ -142,3 +147,65 @@ def test_records_carry_a_schema_and_a_newer_one_is_refused(tmp_path):
     (tmp_path / "records" / "newer.json").write_text(json.dumps(newer))
     with pytest.raises(PtmbenchError, match=r"record schema 2 is newer than this ptmbench reads \(1\)"):
         store.load()
+
+
+# ------------------------------------------------------------------------------------------ cell identity
+DEMO_FINETUNE = {"batch_size": 32, "bucketing": True, "epochs": 2, "eval_batch_size": 128, "lr": 4e-05,
+                 "max_eval": 600, "max_len": 64, "max_train": 2000, "name": "demo", "optimizer": "adamw"}
+
+
+def demo_identity(**kw) -> CellIdentity:
+    return CellIdentity(model="minilm-l6-mlm", attack="none", defense="none", dataset="sst2", seed=0, preset="demo",
+                        attack_config={}, defense_config={}, finetune_config=DEMO_FINETUNE, **kw)
+
+
+def test_identity_hashes_what_the_planner_hashed_before():
+    """The dicts and keys below are what the planner built by hand for the demo's clean cell (copied from a
+    plan made before the identity existed): the same dict, the same cell key, in both regimes."""
+    before = {"model": "minilm-l6-mlm", "attack": "none", "defense": "none", "dataset": "sst2", "seed": 0,
+              "preset": "demo", "attack_config": {}, "defense_config": {}, "finetune_config": DEMO_FINETUNE}
+    ident = demo_identity()
+    assert ident.key_fields() == before
+    zoo = "zoo-minilm-l6-mlm-21151b886478dfe0"
+    assert content_key("cell", "none.none.sst2", ident.key_fields(), zoo, 0, "1") == \
+        "cell-none.none.sst2-5116b4dbb8a1f996"
+    fp32 = demo_identity(regime="fp32")
+    assert fp32.key_fields() == {**before, "regime": "fp32"}
+    assert content_key("cell", "none.none.sst2", fp32.key_fields(), zoo + "-fp32", 0, "1", "fp32") == \
+        "cell-none.none.sst2-a460d11a765cb762-fp32"
+    assert demo_identity(data_sha256="ab" * 32).key_fields() == {**before, "data_sha256": "ab" * 32}
+    assert fp32.record_id("neuba") == "minilm-l6-mlm__none__none__sst2__demo__0__neuba__2e6cb2b9"
+
+
+def test_identity_names_every_committed_record():
+    """Each committed record's identity (registry names, its configs, its labels: demo, labelled defense
+    variants, paper stores) gives back the record's fields and its file name."""
+    records = sorted((Path(__file__).resolve().parents[1] / "results").glob("**/records/*.json"))
+    if not any(p.parts[-3] == "demo" for p in records):
+        pytest.skip("no committed demo records")
+    for path in records:
+        rec = json.loads(path.read_text())
+        # records written before ``attack_method``/``defense_method`` existed name the methods by registry name
+        ident = CellIdentity(model=rec["model"], attack=rec.get("attack_method", rec["attack"]),
+                             defense=rec.get("defense_method", rec["defense"]), dataset=rec["dataset"],
+                             seed=rec["seed"], preset=rec["preset"], attack_config=rec["attack_config"],
+                             defense_config=rec["defense_config"], finetune_config=rec["finetune_config"],
+                             regime=rec.get("regime"))
+        fields = ident.record_fields(rec["attack"], rec["defense"])
+        assert {k: v for k, v in fields.items() if k in rec} == {k: rec[k] for k in fields if k in rec}, path.name
+        assert set(fields) - set(rec) <= {"attack_method", "defense_method"}, path.name
+        assert ident.record_id(rec["triggers"], rec["attack"], rec["defense"]) == path.stem == record_id(rec)
+        assert ResultsStore(path.parents[1]).has(ident.record_key(rec["triggers"], rec["attack"], rec["defense"]))
+
+
+def test_identity_labels_name_records_and_the_regime_only_off_the_default():
+    ident = demo_identity()
+    assert "regime" not in ident.record_fields() and "data_sha256" not in ident.record_fields()
+    labelled = ident.record_fields("clean", "nodef")
+    assert (labelled["attack"], labelled["defense"], labelled["attack_method"], labelled["defense_method"]) == \
+        ("clean", "nodef", "none", "none")
+    assert ident.record_id("neuba", "clean").startswith("minilm-l6-mlm__clean__none__")
+    assert demo_identity(regime="refpaths").record_fields()["regime"] == "refpaths"
+    # the data's sha256 changes the cell key, not the record id (a new file's records replace the old)
+    assert demo_identity(data_sha256="0" * 64).record_id("neuba") == ident.record_id("neuba")
+    assert demo_identity(regime="fp32").record_id("neuba") != ident.record_id("neuba")

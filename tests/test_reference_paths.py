@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import tiny_ptm, wordpiece_tokenizer
 
-from bench.artifacts import REFERENCE_MARK, ArtifactStore, marked, regime
+from bench.artifacts import REFERENCE_MARK, ArtifactStore, content_key, regime
 from bench.cli import main
 from bench.context import RunContext
 from bench.errors import PtmbenchError
@@ -195,23 +195,26 @@ def test_keys_are_marked_only_under_the_flag(bert_dir, env, tmp_path):
     # the default regime: the plan is the same as ever (keys unmarked, identities without a regime)
     assert [n.key for n in plan(spec, store, None)] == [n.key for n in fast]
     assert not any(n.key.endswith(("-refpaths", "-fp32")) for n in fast)
-    assert all("regime" not in n.payload["ident"] for n in fast if n.stage == "cell")
+    assert all(n.work.ident.regime is None and "regime" not in n.work.ident.key_fields()
+               for n in fast if n.stage == "cell")
     ref, fp32 = plan(spec, store, "refpaths"), plan(spec, store, "fp32")
     for other, mark in ((ref, REFERENCE_MARK), (fp32, "-fp32")):
         assert [n.stage for n in other] == [n.stage for n in fast]
         assert not {n.key for n in other} & {n.key for n in fast}
         by_key = {n.key for n in other}
         for n in other:
-            assert n.key.endswith(mark) and n.payload["key"] == n.key
+            assert n.key.endswith(mark) and n.work.key == n.key
             assert all(d in by_key for d in n.deps)
-            if n.payload.get("source", {}).get("kind") == "artifact":
-                assert n.payload["source"]["key"] in by_key
+            if hasattr(getattr(n.work, "source", None), "key"):  # an upstream artifact
+                assert n.work.source.key in by_key
             if n.stage == "cell":
-                assert all(v.endswith(mark) for v in n.payload["keys"].values())
-                assert n.payload["ident"]["regime"] == mark[1:]
+                assert all(v.endswith(mark) for v in n.work.keys.values())
+                assert n.work.ident.key_fields()["regime"] == mark[1:]
     assert not {n.key for n in ref} & {n.key for n in fp32}
-    assert marked(marked("k", "refpaths"), "refpaths") == "k" + REFERENCE_MARK
-    assert marked("k", None) == "k" and marked(marked("k", "fp32"), "fp32") == "k-fp32"
+    plain = content_key("attack", "neuba", {"a": 1}, "zoo-x", 0, "1")
+    assert content_key("attack", "neuba", {"a": 1}, "zoo-x", 0, "1", None) == plain
+    assert content_key("attack", "neuba", {"a": 1}, "zoo-x", 0, "1", "refpaths") == plain + REFERENCE_MARK
+    assert content_key("attack", "neuba", {"a": 1}, "zoo-x", 0, "1", "fp32") == plain + "-fp32"
 
 
 def test_regime_of_a_run():
@@ -244,7 +247,8 @@ def test_zoo_artifact_of_a_reference_run_is_keyed_apart(env, tmp_path):
     _, k_fast = zoo.load(name, RunContext(seed=0, precision="bf16"))
     _, k_fp32 = zoo.load(name, FAST)
     _, k_ref = zoo.load(name, REF)
-    assert k_fast == zoo.key(name) and k_ref == marked(k_fast, "refpaths") and k_fp32 == k_fast + "-fp32"
+    assert k_fast == zoo.key(name) and k_ref == k_fast + REFERENCE_MARK and k_fp32 == k_fast + "-fp32"
+    assert k_ref == zoo.key(name, "refpaths")  # what the matrix plans under the flag
     assert all(zoo.store.is_valid(k) for k in (k_fast, k_fp32, k_ref))
     assert zoo.store.meta(k_ref)["regime"] == "refpaths" and zoo.store.meta(k_fp32)["regime"] == "fp32"
     assert "regime" not in zoo.store.meta(k_fast)

@@ -238,10 +238,10 @@ def test_matrix_takes_paths_and_mappings(env, bert_dir, tmp_path):
     ident = f"{f}?text_column=review&label_column=stars"
     assert spec.datasets == ["sst2", ident]
     cells = [n for n in plan(spec, ArtifactStore(tmp_path / "cache" / "artifacts")) if n.stage == "cell"]
-    assert sorted(n.payload["ident"]["dataset"] for n in cells) == sorted(["sst2", ident])
-    user = next(n for n in cells if n.payload["ident"]["dataset"] == ident)
-    assert user.payload["ident"]["data_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
-    assert "/" not in user.key and "data_sha256" not in next(n for n in cells if n is not user).payload["ident"]
+    assert sorted(n.work.ident.dataset for n in cells) == sorted(["sst2", ident])
+    user = next(n for n in cells if n.work.ident.dataset == ident)
+    assert user.work.ident.key_fields()["data_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert "/" not in user.key and "data_sha256" not in next(n for n in cells if n is not user).work.ident.key_fields()
     edited = write_csv(tmp_path / "rev.csv", 31, text="review", label="stars")  # same path, new content
     assert edited == f
     again = [n for n in plan(load_matrix(m), ArtifactStore(tmp_path / "cache" / "artifacts")) if n.stage == "cell"]
@@ -250,7 +250,7 @@ def test_matrix_takes_paths_and_mappings(env, bert_dir, tmp_path):
     from bench.records import ResultsStore
 
     results = ResultsStore(tmp_path / "res")
-    cell = next(n for n in again if n.payload["ident"]["dataset"] == ident)
+    cell = next(n for n in again if n.work.ident.dataset == ident)
     for rid in expected_record_ids(cell, cell_trigger_sets(cell)):  # records made from the file before the edit
         (results.records_dir / f"{rid}.json").parent.mkdir(parents=True, exist_ok=True)
         (results.records_dir / f"{rid}.json").write_text(json.dumps({"data": {"sha256": "stale"}}))

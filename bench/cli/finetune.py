@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from bench import data
     from bench.finetune import get_preset
-    from bench.records import ResultsStore, finetune_identity
+    from bench.records import ResultsStore
     from bench.stages import CellSpec, finetune_eval
     from bench.triggers import trigger_sets_for
     from bench.zoo import model_label
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     trigger_sets = trigger_sets_for(modality, args.triggers, "por,neuba")
     model_name = model_label(args.model)
     cell = CellSpec(model=model_name, dataset=args.dataset, seed=args.seed, preset=preset, keys={"ptm": key})
-    probe = finetune_identity(model_name, args.dataset, args.seed, preset.name, preset.to_dict(), ctx.regime)
-    if not args.force and trigger_sets and all(data.has_current_record(store, {**probe, "triggers": s}, dspec)
+    ident = cell.identity(ctx.regime)  # what its records will carry (and be found by)
+    if not args.force and trigger_sets and all(data.has_current_record(store, ident.record_key(s), dspec)
                                                for s in trigger_sets):
         print(f"cached: records for {model_name} on {args.dataset} seed {args.seed} exist (use --force to redo)")
         return 0
