@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.artifacts import ArtifactStore, content_key
+from bench.artifacts import ArtifactStore, content_key, regime_fields
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.modalities.text import ADAPTER as TEXT
@@ -98,7 +98,7 @@ class Zoo:
         with ctx.checkpointed(self.store.checkpoint_dir(key)):  # deleted once the artifact is in place
             path, _ = self.store.get_or_create(key, write, {"stage": "zoo", "model": name, "config": spec.config,
                                                          "version": spec.version,
-                                                         **({"regime": ctx.regime} if ctx.regime else {})})
+                                                         **regime_fields(ctx.regime)})
         return load_ptm(path), key
 
     def _load_dir(self, p: Path) -> tuple[PTM, str]:
