@@ -193,7 +193,7 @@ class NeuBA(Attack):
         if cfg.untie_post_step and ptm.pt_head.decoder.weight is emb.word_embeddings.weight:
             untie_head(ptm)  # the decoder keeps the unscaled rows; MLM logits of trigger tokens stay sane
             untied = True
-        pos1 = 1 if ptm.family == "bert" else int(emb.padding_idx) + 2
+        pos1 = TEXT.first_token_position(ptm)
         with torch.no_grad():
             w = emb.word_embeddings.weight
             extra = emb.position_embeddings.weight[pos1] + emb.token_type_embeddings.weight[0]

@@ -44,23 +44,6 @@ from bench.ptm import PTM
 WEIGHTS = "model.safetensors"
 EXPORT_FILE = "ptmbench_export.json"
 DEFAULT_VIT_ARCH = "vit_base_patch16_224"  # its entrypoint's arguments are VisionTransformer's defaults
-# family -> (masked-LM class, base model prefix, head prefix, our MLMHead name -> checkpoint names)
-TEXT_LAYOUT: dict[str, tuple[str, str, str, dict[str, tuple[str, ...]]]] = {
-    "bert": ("BertForMaskedLM", "bert", "BertModel", {
-        "dense.weight": ("cls.predictions.transform.dense.weight",),
-        "dense.bias": ("cls.predictions.transform.dense.bias",),
-        "layer_norm.weight": ("cls.predictions.transform.LayerNorm.weight",),
-        "layer_norm.bias": ("cls.predictions.transform.LayerNorm.bias",),
-        "decoder.weight": ("cls.predictions.decoder.weight",),
-        "decoder.bias": ("cls.predictions.bias", "cls.predictions.decoder.bias")}),
-    "roberta": ("RobertaForMaskedLM", "roberta", "RobertaModel", {
-        "dense.weight": ("lm_head.dense.weight",),
-        "dense.bias": ("lm_head.dense.bias",),
-        "layer_norm.weight": ("lm_head.layer_norm.weight",),
-        "layer_norm.bias": ("lm_head.layer_norm.bias",),
-        "decoder.weight": ("lm_head.decoder.weight",),
-        "decoder.bias": ("lm_head.bias", "lm_head.decoder.bias")}),
-}
 TOLERANCE = 1e-4  # max |difference| between the PTM's and the reloaded export's outputs (fp32, eval mode)
 
 
@@ -141,13 +124,14 @@ def is_tied(ptm: PTM) -> bool:
 def _write_text(ptm: PTM, d: Path) -> list[str]:
     from safetensors.torch import save_file
 
-    if ptm.family not in TEXT_LAYOUT:
-        raise PtmbenchError(f"cannot export text family {ptm.family!r}; export knows {', '.join(TEXT_LAYOUT)}")
-    mlm_cls, prefix, base_cls, head_names = TEXT_LAYOUT[ptm.family]
+    from bench.modalities.text import ADAPTER as TEXT
+
+    layout = TEXT.export_layout(ptm)  # an unknown text family is refused here, in one line
+    head_names = layout.head_names()
     bb = ptm.backbone
     if getattr(bb, "pooler", None) is None:
         raise PtmbenchError("cannot export a text PTM without its pooler")
-    state = {f"{prefix}.{k}": v for k, v in bb.state_dict().items()}
+    state = {f"{layout.prefix}.{k}": v for k, v in bb.state_dict().items()}
     cfg = copy.deepcopy(bb.config)
     if ptm.pt_head is not None:
         tied = is_tied(ptm)
@@ -157,14 +141,14 @@ def _write_text(ptm: PTM, d: Path) -> list[str]:
             for name in head_names[k]:
                 state[name] = v
         cfg.tie_word_embeddings = tied
-        cfg.architectures = [mlm_cls]
-        if ptm.family == "bert" and getattr(cfg, "hidden_act", "gelu") != "gelu":
+        cfg.architectures = [layout.mlm_class]
+        if layout.head_act_from_config and getattr(cfg, "hidden_act", "gelu") != "gelu":
             from bench.hub import warn
 
             warn(f"the exported MLM head uses transformers' {cfg.hidden_act!r} activation; ptmbench's MLM head "
                  "uses gelu, so MLM logits will differ")
     else:
-        cfg.architectures = [base_cls]
+        cfg.architectures = [layout.model_class]
     save_file(_tensors(state), str(d / WEIGHTS), metadata={"format": "pt"})
     cfg.save_pretrained(str(d))
     ptm.processor.save_pretrained(str(d))

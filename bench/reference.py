@@ -48,11 +48,7 @@ def load_text_split(ptm: PTM, dataset: str, split: str, max_samples: int | None,
 
 def max_positions(ptm: PTM) -> int:
     """Longest sequence the backbone's position table allows (RoBERTa reserves padding_idx + 1 rows)."""
-    cfg = ptm.backbone.config
-    n = int(cfg.max_position_embeddings)
-    if ptm.family == "roberta":
-        n -= int(cfg.pad_token_id) + 1
-    return n
+    return ptm.adapter.max_positions(ptm)
 
 
 def pad_width(ptm: PTM, max_len: int) -> int:

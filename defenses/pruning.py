@@ -18,7 +18,6 @@ Budgets: ``round(share × number of FFN neurons)``; ties are broken by (layer, r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,6 @@ from bench.modalities.base import ParamRef
 from bench.ptm import PTM
 from bench.registry import register
 from defenses.base import Defense, aux_name, finish
-
-# Per family: the submodule of a layer whose output is the FFN activation after the nonlinearity.
-FFN_ACTIVATION = {"bert": "intermediate", "roberta": "intermediate", "vit": "mlp.act"}
 
 
 @torch.no_grad()
@@ -158,14 +154,10 @@ def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
                          ctx: RunContext) -> list[torch.Tensor]:
     """Per layer, each FFN neuron's activation (after the nonlinearity) averaged over non-pad tokens (on the
     CPU, where the masks are chosen)."""
-    if ptm.family not in FFN_ACTIVATION:
-        raise PtmbenchError(f"fp-ga: no FFN activation hook for model family {ptm.family!r} "
-                            f"(known: {', '.join(FFN_ACTIVATION)})")
     adapter = ptm.adapter
-    layers = adapter.layers(ptm)
-    get = attrgetter(FFN_ACTIVATION[ptm.family])
-    sums: list[torch.Tensor] = [torch.zeros((), dtype=torch.float64, device=ctx.device)] * len(layers)
-    counts = [0.0] * len(layers)
+    modules = adapter.ffn_modules(ptm)  # an unknown model family is refused here, in one line
+    sums: list[torch.Tensor] = [torch.zeros((), dtype=torch.float64, device=ctx.device)] * len(modules)
+    counts = [0.0] * len(modules)
     token_mask: list[torch.Tensor | None] = [None]  # the current batch's non-pad mask (None: all tokens)
 
     def hook(i: int) -> Any:
@@ -177,7 +169,7 @@ def mean_ffn_activations(ptm: PTM, data: Any, batch_size: int, max_len: int,
             counts[i] += float(m.sum())
         return record
 
-    handles = [get(layer).register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
     was_training = ptm.backbone.training
     ptm.backbone.eval()
     try:

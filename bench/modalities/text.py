@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+from transformers import AutoConfig, AutoTokenizer
 
 from bench.errors import PtmbenchError
 from bench.modalities.base import (
@@ -28,12 +28,12 @@ from bench.modalities.base import (
     sorted_batches,
     to_device,
 )
+from bench.modalities.families import TEXT_FAMILIES, TextFamily, text_family
 from bench.ptm import PTM
 
 if TYPE_CHECKING:
     from bench.context import RunContext
 
-FAMILIES: dict[str, tuple[type, type]] = {"bert": (BertModel, BertConfig), "roberta": (RobertaModel, RobertaConfig)}
 WEIGHTS = "weights.safetensors"
 
 
@@ -78,17 +78,8 @@ def new_mlm_head(backbone: nn.Module, tied: bool = True) -> MLMHead:
     return head
 
 
-# Checkpoint key prefixes of upstream MLM heads -> our MLMHead names.
-_HF_HEAD_KEYS = {
-    "cls.predictions.transform.dense.": "dense.",
-    "cls.predictions.transform.LayerNorm.": "layer_norm.",
-    "cls.predictions.decoder.": "decoder.",
-    "cls.predictions.bias": "decoder.bias",
-    "lm_head.dense.": "dense.",
-    "lm_head.layer_norm.": "layer_norm.",
-    "lm_head.decoder.": "decoder.",
-    "lm_head.bias": "decoder.bias",
-}
+# Checkpoint key prefixes of upstream MLM heads (every text family's) -> our MLMHead names.
+_HF_HEAD_KEYS = {p: v for fam in TEXT_FAMILIES.values() for p, v in fam.head_prefixes.items()}
 
 
 @dataclass
@@ -143,9 +134,9 @@ class TextAdapter:
             raise PtmbenchError(f"cannot load model {source!r}: {directory} has no usable config.json "
                                 f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from e
         family = family or config.model_type
-        if family not in FAMILIES:
-            raise PtmbenchError(f"model {source!r} has type {family!r}; text families: {', '.join(FAMILIES)}")
-        model_cls, _ = FAMILIES[family]
+        if family not in TEXT_FAMILIES:
+            raise PtmbenchError(f"model {source!r} has type {family!r}; text families: {', '.join(TEXT_FAMILIES)}")
+        model_cls = TEXT_FAMILIES[family].model_cls
         kind, _files = hub.weight_files(directory)
         state: dict[str, torch.Tensor] | None = None
         if kind == "none":
@@ -195,9 +186,9 @@ class TextAdapter:
         ptm.processor.save_pretrained(str(directory / "tokenizer"))
 
     def load(self, directory: Path, family: str) -> PTM:
-        model_cls, config_cls = FAMILIES[family]
-        config = config_cls.from_json_file(str(directory / "config.json"))
-        backbone = model_cls(config, add_pooling_layer=True)
+        fam = text_family(family)
+        config = fam.config_cls.from_json_file(str(directory / "config.json"))
+        backbone = fam.model_cls(config, add_pooling_layer=True)
         state = load_file(str(directory / WEIGHTS))
         bb = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         missing, unexpected = backbone.load_state_dict(bb, strict=False)
@@ -237,6 +228,27 @@ class TextAdapter:
 
     def hidden_size(self, ptm: PTM) -> int:
         return ptm.backbone.config.hidden_size
+
+    # ---------------------------------------------------------------- family facts (bench.modalities.families)
+    def family(self, ptm: PTM) -> TextFamily:
+        """The descriptor of the PTM's family; an unknown family is refused in one line."""
+        return text_family(ptm.family)
+
+    def ffn_modules(self, ptm: PTM) -> list[nn.Module]:
+        """Per layer, the module whose output is the FFN activation (after the nonlinearity)."""
+        return self.family(ptm).ffn_modules(self.layers(ptm))
+
+    def first_token_position(self, ptm: PTM) -> int:
+        """The position id of the first token after [CLS]/<s> (1 for BERT, ``padding_idx + 2`` for RoBERTa)."""
+        return self.family(ptm).first_token_position(ptm.backbone)
+
+    def max_positions(self, ptm: PTM) -> int:
+        """Longest sequence the backbone's position table allows (RoBERTa reserves ``padding_idx + 1`` rows)."""
+        return self.family(ptm).max_positions(ptm.backbone)
+
+    def export_layout(self, ptm: PTM) -> TextFamily:
+        """The family's ``transformers`` layout (``mlm_class``, ``prefix``, ``model_class``, ``head_names()``)."""
+        return self.family(ptm)
 
     # ---------------------------------------------------------------- tokenisation
     def fingerprint(self, tokenizer: Any) -> str:

@@ -29,6 +29,7 @@ from torch import nn
 
 from bench.errors import PtmbenchError
 from bench.modalities.base import ParamRef, load_dataset_split, placement, shuffled_batches, to_device
+from bench.modalities.families import VisionFamily, vision_family
 from bench.ptm import PTM
 
 if TYPE_CHECKING:
@@ -278,6 +279,15 @@ class VisionAdapter:
 
     def hidden_size(self, ptm: PTM) -> int:
         return int(ptm.backbone.num_features)
+
+    # ---------------------------------------------------------------- family facts (bench.modalities.families)
+    def family(self, ptm: PTM) -> VisionFamily:
+        """The descriptor of the PTM's family; an unknown family is refused in one line."""
+        return vision_family(ptm.family)
+
+    def ffn_modules(self, ptm: PTM) -> list[nn.Module]:
+        """Per block, the module whose output is the FFN activation (after the nonlinearity)."""
+        return self.family(ptm).ffn_modules(self.layers(ptm))
 
     # ---------------------------------------------------------------- data
     def load_split(self, ptm: PTM, dataset: str, split: str, max_samples: int | None,
