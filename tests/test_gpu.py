@@ -76,6 +76,7 @@ def test_determinism_settings_are_described():
 def test_stages_put_the_ptm_on_the_context_device(bert_dir, tmp_path):
     """``meta`` stands in for a second device: a PTM that a stage materialises ends up wherever ctx.device
     says, from a zoo source (a PTM directory) and from an artifact, with its MLM head still tied."""
+    from bench.nodes import ArtifactSource, ZooSource
     from bench.ptm import load_ptm
     from bench.stages import StageEnv, _materialize
 
@@ -85,7 +86,7 @@ def test_stages_put_the_ptm_on_the_context_device(bert_dir, tmp_path):
     for device in ("cpu", "meta"):
         ctx = RunContext(precision="fp32")
         ctx.device = device  # past the CUDA checks: a device this machine has besides the CPU
-        for source in ({"kind": "zoo", "model": str(bert_dir)}, {"kind": "artifact", "key": key}):
+        for source in (ZooSource(str(bert_dir)), ArtifactSource(key)):
             ptm = _materialize(source, env, ctx)
             assert {p.device.type for p in ptm.parameters()} == {device}
             assert {b.device.type for b in ptm.backbone.buffers()} == {device}
