@@ -92,7 +92,7 @@ class Zoo:
 
         def write(d: Path) -> None:
             ptm = spec.build(self, ctx)
-            ptm.info["zoo_threads"] = torch.get_num_threads()  # bf16 rounding depends on it (README)
+            ptm.info["zoo_threads"] = torch.get_num_threads()  # bf16 rounding depends on it (docs/results.md, Reproducibility)
             ptm.with_lineage({"stage": "zoo", "model": name, "key": key}).save(d)
 
         with ctx.checkpointed(self.store.checkpoint_dir(key)):  # deleted once the artifact is in place

@@ -1,4 +1,4 @@
-"""Numbers the README quotes from a results store that `ptmbench table` does not print as such.
+"""Numbers docs/results.md quotes from a results store that `ptmbench table` does not print as such.
 
     python experiments/digest.py results/paper/text
 

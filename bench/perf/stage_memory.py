@@ -109,7 +109,7 @@ def write_report(report: dict[str, Any], out: Path, command: str) -> tuple[Path,
         lines.append(f"| {r['stage'] if r['kind'] != 'cell' else r['method']} | {'✓' if r['capped'] else ''} | "
                      f"{r['start_mib']} | {r['peak_mib']} | {r['wall_s']} |")
     if report.get("skipped"):
-        lines += ["", f"Not run here: {', '.join(report['skipped'])} (see the README's performance section)."]
+        lines += ["", f"Not run here: {', '.join(report['skipped'])} (see docs/performance.md)."]
     lines += ["", f"Largest peak: **{report['max_peak_mib']} MiB** ({report['max_peak_mib'] / 1024:.2f} GiB).", ""]
     tmp_md, tmp_js = md.with_suffix(".md.tmp"), js.with_suffix(".json.tmp")
     tmp_md.write_text("\n".join(lines))
