@@ -23,16 +23,10 @@ from bench.modalities.text import ADAPTER as TEXT
 from bench.modalities.text import new_mlm_head
 from bench.perf.compare import PHASES, RUN_PHASES, PerfOptions, parse_phases, run_compare
 from bench.perf.memory import PeakRss, release_memory
-from bench.perf.reference import (
-    insert_word,
-    pad_width,
-    reference_encode,
-    reference_logits,
-    reference_mlm_loss,
-    static_masks,
-)
+from bench.perf.reference import reference_mlm_loss, static_masks
 from bench.perf.report import write_report
 from bench.ptm import PTM
+from bench.reference import insert_word, pad_width, reference_encode, reference_logits
 
 
 def texts(n: int, seed: int = 0) -> list[str]:

@@ -46,18 +46,16 @@ from bench.context import RunContext, cpu_description
 from bench.errors import PtmbenchError
 from bench.finetune import finetune, get_preset, predict
 from bench.perf.memory import Measure, measured
-from bench.perf.reference import (
+from bench.perf.reference import aux_split, reference_finetune, reference_recipe_on
+from bench.ptm import PTM
+from bench.reference import (
     REFERENCE_MAX_LEN,
-    aux_split,
     load_text_split,
     pad_width,
     reference_encode,
     reference_evaluate,
-    reference_finetune,
     reference_predict,
-    reference_recipe_on,
 )
-from bench.ptm import PTM
 from bench.train import steps_for
 
 PHASES = ("finetune", "cacc", "recipe", "triggers")  # rows of the report ("cacc" comes with "finetune")

@@ -26,20 +26,7 @@ from bench.context import RunContext
 from bench.finetune import Classifier, FinetunePreset
 from bench.modalities.base import shuffled_batches
 from bench.ptm import PTM
-from bench.reference import (  # the core's reference pieces (encoding, prediction, trigger evaluation)
-    REFERENCE_EVAL_BATCH,
-    REFERENCE_MAX_LEN,
-    TextSplit,
-    insert_word,
-    load_text_split,
-    max_positions,
-    pad_width,
-    reference_encode,
-    reference_evaluate,
-    reference_logits,
-    reference_predict,
-    rows,
-)
+from bench.reference import pad_width, reference_encode, rows
 from bench.train import cycle_epochs, steps_for
 
 
@@ -178,7 +165,5 @@ def reference_recipe_on(aux: str, ptm: PTM, cfg: Any, steps: int, ctx: RunContex
     return reference_recipe(ptm, texts, cfg, steps, ctx)
 
 
-__all__ = ["REFERENCE_EVAL_BATCH", "REFERENCE_MAX_LEN", "RefFinetuned", "TextSplit", "aux_split", "insert_word",
-           "load_text_split", "max_positions", "pad_width", "reference_encode", "reference_evaluate",
-           "reference_finetune", "reference_logits", "reference_mlm_loss", "reference_predict", "reference_recipe",
+__all__ = ["RefFinetuned", "aux_split", "reference_finetune", "reference_mlm_loss", "reference_recipe",
            "reference_recipe_on", "static_masks"]
