@@ -342,7 +342,7 @@ class ViTRecipeConfig(ViTPretrainConfig):
     6, a minute per epoch.  So 10 epochs of the width-192 depth-6 shape — 7,813 steps, about 5.6 CPU hours
     of training plus 10 minutes of evaluation — fit the ~6 CPU-hour budget; on a bf16 (AMX) CPU, as the
     committed ``vit-tiny-tin32`` was built, it is faster.  Top-1 after the build is unknown until it has run:
-    ``ptmbench zoo build vit-tin32-v2`` prints it per epoch (``vit_build.epochs``).
+    ``ptmbench zoo build vit-tin32-v2 --rebuild`` prints it per epoch (``vit_build.epochs``) and commits the weights.
 
     **Why this recipe.**  ``vit-tiny-tin32`` (12.9% top-1) saw 4 epochs and its training loss ended at 4.11
     (mean of the last tenth; 5.08 in the first, ln 200 = 5.30): far from fitting its training set, so it is
@@ -457,11 +457,7 @@ def epoch_report(losses: list[float], parts: list[dict[str, float]], per_epoch: 
     return out
 
 
-def committed_vit_dir() -> Path:
-    return WEIGHTS_DIR / VIT_NAME
-
-
-def write_committed(ptm: PTM, directory: Path) -> dict[str, Any]:
+def write_committed(ptm: PTM, directory: Path, name: str = VIT_NAME) -> dict[str, Any]:
     """Save the PTM as fp16 safetensors plus build.json (config, top-1, sha256 of every file)."""
     import json
     import shutil
@@ -474,8 +470,8 @@ def write_committed(ptm: PTM, directory: Path) -> dict[str, Any]:
     ptm.adapter.save(ptm, tmp, dtype=torch.float16)
     (tmp / PTM_FILE).write_text(json.dumps({"modality": ptm.modality, "family": ptm.family, "lineage": [],
                                             "info": {"vit_config": ptm.info["vit_config"]}}, indent=1))
-    build = {"model": VIT_NAME, **ptm.info.get("vit_build", {}),
-             "rebuild": f"ptmbench zoo build {VIT_NAME} --rebuild",
+    build = {"model": name, **ptm.info.get("vit_build", {}),
+             "rebuild": f"ptmbench zoo build {name} --rebuild",
              "sha256": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}}
     (tmp / BUILD_FILE).write_text(json.dumps(build, indent=1, default=str) + "\n")
     if directory.exists():
@@ -484,7 +480,7 @@ def write_committed(ptm: PTM, directory: Path) -> dict[str, Any]:
     return build
 
 
-def load_committed(directory: Path) -> PTM:
+def load_committed(directory: Path, name: str = VIT_NAME, cost: str = "") -> PTM:
     """The committed weights, each file checked against build.json's sha256 before loading."""
     import json
 
@@ -492,17 +488,47 @@ def load_committed(directory: Path) -> PTM:
 
     f = directory / BUILD_FILE
     if not f.is_file():
-        raise PtmbenchError(f"{VIT_NAME}: no committed weights at {directory}; build them with "
-                            f"'ptmbench zoo build {VIT_NAME} --rebuild' (about an hour on 2 CPU cores)")
+        raise PtmbenchError(f"{name}: no committed weights at {directory}; build them with "
+                            f"'ptmbench zoo build {name} --rebuild'" + (f" ({cost})" if cost else ""))
     build = json.loads(f.read_text())
-    for name, digest in build.get("sha256", {}).items():
-        p = directory / name
+    for file, digest in build.get("sha256", {}).items():
+        p = directory / file
         if not p.is_file() or sha256_file(p) != digest:
-            raise PtmbenchError(f"{VIT_NAME}: {p} is missing or its sha256 differs from {BUILD_FILE}; restore it "
-                                f"from git or rebuild with 'ptmbench zoo build {VIT_NAME} --rebuild'")
+            raise PtmbenchError(f"{name}: {p} is missing or its sha256 differs from {BUILD_FILE}; restore it "
+                                f"from git or rebuild with 'ptmbench zoo build {name} --rebuild'")
     ptm = load_ptm(directory)
     ptm.info["vit_build"] = {k: v for k, v in build.items() if k != "sha256"}
     return ptm
+
+
+@dataclass(frozen=True)
+class CommittedViT:
+    """An in-project ViT whose fp16 weights are committed under ``bench/weights/NAME`` (checked against the
+    sha256 in its build.json on every load) and retrained from its recipe by ``ptmbench zoo build NAME
+    --rebuild``; the rebuild saves stage checkpoints keyed by the recipe, so it resumes across sessions."""
+
+    name: str
+    cfg: ViTPretrainConfig
+    cost: str  # how long a rebuild takes, named in the error that asks for one
+
+    @property
+    def directory(self) -> Path:
+        return WEIGHTS_DIR / self.name
+
+    def build(self, zoo: Zoo, ctx: RunContext) -> PTM:
+        return load_committed(self.directory, self.name, self.cost)
+
+    def rebuild(self, zoo: Zoo, ctx: RunContext, out: Path | None) -> dict[str, Any]:
+        # checkpoints keyed by the recipe (the zoo key also holds the committed weights' sha, which this replaces)
+        key = content_key("zoo", self.name, asdict(self.cfg), None, None, get("model", self.name).version,
+                          ctx.regime)
+        with ctx.checkpointed(zoo.store.checkpoint_dir(key)):
+            ptm = pretrain_vit(self.cfg, ctx, zoo.cache_dir)
+            return write_committed(ptm, out or self.directory, self.name)
+
+    def spec(self, description: str) -> ModelSpec:
+        return ModelSpec(self.name, "vision", "vit", description, self.build, cached=False, config=asdict(self.cfg),
+                         rebuild=self.rebuild)
 
 
 def committed_sha(name: str) -> str | None:
@@ -515,30 +541,13 @@ def committed_sha(name: str) -> str | None:
     return json.loads(f.read_text()).get("sha256", {}).get("model.safetensors")
 
 
-def _build_vit_tiny(zoo: Zoo, ctx: RunContext) -> PTM:
-    return load_committed(committed_vit_dir())
-
-
-def _rebuild_vit_tiny(zoo: Zoo, ctx: RunContext, out: Path | None) -> dict[str, Any]:
-    # checkpoints keyed by the recipe (the zoo key also holds the committed weights' sha, which this replaces)
-    key = content_key("zoo", VIT_NAME, asdict(VIT_CFG), None, None, get("model", VIT_NAME).version, ctx.regime)
-    with ctx.checkpointed(zoo.store.checkpoint_dir(key)):
-        ptm = pretrain_vit(VIT_CFG, ctx, zoo.cache_dir)
-        return write_committed(ptm, out or committed_vit_dir())
-
-
-register("model", VIT_NAME)(ModelSpec(
-    VIT_NAME, "vision", "vit",
-    "timm ViT (32x32, patch 4, width 192, depth 6, 3 heads) pretrained here on tiny-imagenet; committed fp16 weights",
-    _build_vit_tiny, cached=False, config=asdict(VIT_CFG), rebuild=_rebuild_vit_tiny))
+VIT_TINY = CommittedViT(VIT_NAME, VIT_CFG, "about an hour on 2 CPU cores")
+register("model", VIT_NAME)(VIT_TINY.spec(
+    "timm ViT (32x32, patch 4, width 192, depth 6, 3 heads) pretrained here on tiny-imagenet; committed fp16 weights"))
 
 
 # ------------------------------------------------------------------------------------------ vit-tin32-v2
-def _build_vit_v2(zoo: Zoo, ctx: RunContext) -> PTM:
-    return pretrain_vit(VIT_V2_CFG, ctx, zoo.cache_dir)
-
-
-register("model", VIT_V2_NAME)(ModelSpec(
-    VIT_V2_NAME, "vision", "vit",
-    "vit-tiny-tin32's shape trained 10 epochs on tiny-imagenet with label smoothing, top-1 per epoch; built "
-    "and cached by 'ptmbench zoo build' (about 6 CPU hours, estimated)", _build_vit_v2, config=asdict(VIT_V2_CFG)))
+VIT_V2 = CommittedViT(VIT_V2_NAME, VIT_V2_CFG, "about 6 CPU hours at one thread, estimated; resumable")
+register("model", VIT_V2_NAME)(VIT_V2.spec(
+    "vit-tiny-tin32's shape trained 10 epochs on tiny-imagenet with label smoothing, top-1 per epoch; committed fp16 "
+    "weights once built by 'ptmbench zoo build vit-tin32-v2 --rebuild'"))

@@ -218,10 +218,10 @@ def section_steps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def family_ptm(family: str) -> tuple[Any, str]:
     """A fresh CPU copy of the family's model and what it is."""
     from bench.modalities.text import new_mlm_head
-    from bench.zoo import _build_minilm, _build_vit_tiny, bert_to_roberta
+    from bench.zoo import VIT_TINY, _build_minilm, bert_to_roberta
 
     if family == "vit":
-        return _build_vit_tiny(None, None), "vit-tiny-tin32 (32x32, patch 4, width 192, depth 6), pretraining CE"
+        return VIT_TINY.build(None, None), "vit-tiny-tin32 (32x32, patch 4, width 192, depth 6), pretraining CE"
     ptm = _build_minilm(None, None)
     ptm.pt_head = new_mlm_head(ptm.backbone, tied=True)
     if family == "roberta":

@@ -16,6 +16,7 @@ from conftest import cancel_after
 from bench.artifacts import ArtifactStore
 from bench.checkpoint import progress
 from bench.context import RunContext
+from bench.errors import PtmbenchError
 from bench.registry import get, names, register
 from bench.zoo import VIT_V2_CFG, VIT_V2_NAME, ModelSpec, ViTRecipeConfig, Zoo, pretrain_vit, top1
 
@@ -92,20 +93,33 @@ def test_vit_tiny_key_unchanged_and_v2_registered():
     assert len(zoo_keys) == 1
     zoo = Zoo(ArtifactStore(Path("/nonexistent")), Path("/nonexistent"))
     assert zoo.key("vit-tiny-tin32") == zoo_keys.pop()
-    spec = get("model", VIT_V2_NAME)
-    assert spec.cached and spec.rebuild is None and spec.config == asdict(VIT_V2_CFG)
+    spec = get("model", VIT_V2_NAME)  # committed weights like vit-tiny-tin32's, retrained by --rebuild
+    assert not spec.cached and spec.rebuild is not None and spec.config == asdict(VIT_V2_CFG)
     assert (VIT_V2_CFG.img_size, VIT_V2_CFG.epochs, VIT_V2_CFG.label_smoothing) == (32, 10.0, 0.1)
 
 
-def test_rebuild_of_committed_vit_runs_checkpointed_and_reports_epochs(env, tmp_path):
-    """``zoo build vit-tiny-tin32 --rebuild`` on the tiny mirror (64 images: one step an epoch, 2 steps)."""
+def test_uncommitted_vit_is_refused_with_its_rebuild_command():
+    from bench.zoo import CommittedViT
+
+    with pytest.raises(PtmbenchError, match=r"vit-x: no committed weights at .*'ptmbench zoo build vit-x --rebuild' "
+                                            r"\(an hour\)"):
+        CommittedViT("vit-x", TINY_CFG, "an hour").build(None, None)
+
+
+@pytest.mark.parametrize("name", ["vit-tiny-tin32", VIT_V2_NAME])
+def test_rebuild_of_committed_vit_runs_checkpointed_and_reports_epochs(env, tmp_path, name):
+    """``zoo build NAME --rebuild`` on the tiny mirror (64 images: one step an epoch)."""
     out = tmp_path / "w"
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "zoo", "build", "vit-tiny-tin32", "--rebuild", "--out",
+    p = subprocess.run([sys.executable, "-m", "bench.cli", "zoo", "build", name, "--rebuild", "--out",
                         str(out), "--precision", "fp32", "--checkpoint-every", "0"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     build = json.loads((out / "build.json").read_text())
-    assert [(e["epoch"], e["step"]) for e in build["epochs"]] == [(1.0, 1), (2.0, 2)]
-    assert build["config"] == get("model", "vit-tiny-tin32").config
+    cfg = get("model", name).config
+    steps = -(-64 * cfg["epochs"] // cfg["batch_size"])  # 64 mirror images: one step is a whole epoch
+    assert [(e["epoch"], e["step"]) for e in build["epochs"]] == [(float(e), e) for e in range(1, int(steps) + 1)]
+    assert build["config"] == get("model", name).config
+    assert build["model"] == name and build["rebuild"] == f"ptmbench zoo build {name} --rebuild"
+    assert set(build["sha256"]) == {f.name for f in out.iterdir()} - {"build.json"}
     ck = Path(env["PTMBENCH_CACHE"]) / "artifacts" / ".checkpoints"
     assert not ck.exists() or not any(ck.iterdir())  # the finished stage's checkpoints are gone
