@@ -47,12 +47,30 @@ DEFAULT_EVERY_S = 300.0  # five minutes: a checkpoint of a small PTM costs well 
 
 
 def progress(directory: Path) -> dict[str, Any] | None:
-    """What a partial stage has reached (``{"call", "step", "steps", "desc"}``), or None if it has no
-    checkpoint."""
+    """What a partial stage has reached (``{"call", "step", "steps", "desc", "wall_s"}``), or None if it has
+    no checkpoint."""
     try:
         return json.loads((directory / PROGRESS).read_text())
     except (OSError, ValueError):
         return None
+
+
+def describe(part: dict[str, Any]) -> str:
+    """How far a partial stage's training call is, for ``--dry-run``: its step and, from the wall time it has
+    trained so far (over every resume), about how long the rest takes at that pace."""
+    text = f"{part['desc']} step {part['step']}/{part['steps']}"
+    wall, step = part.get("wall_s"), part["step"]
+    if wall and step:
+        text += f", {_span(wall)} trained, about {_span(wall / step * (part['steps'] - step))} to go at that pace"
+    return text
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def latest_state(directory: Path) -> dict[str, Any] | None:
@@ -147,7 +165,8 @@ class CallCheckpoint:
             Path(tmp).unlink(missing_ok=True)
             raise
         atomic_write_text(d / PROGRESS, json.dumps({"call": self.index, "step": step, "steps": steps,
-                                                    "desc": self.desc, "done": done, "saved_at_unix": time.time()}))
+                                                    "desc": self.desc, "done": done, "wall_s": round(wall_s, 1),
+                                                    "saved_at_unix": time.time()}))
         self.last_save = time.monotonic()
         self.saves += 1
 

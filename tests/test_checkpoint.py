@@ -17,7 +17,7 @@ import yaml
 from conftest import cancel_after
 from torch import nn
 
-from bench.checkpoint import latest_state, progress
+from bench.checkpoint import describe, latest_state, progress
 from bench.context import RunContext
 from bench.errors import PtmbenchError
 from bench.train import OptimConfig, cycle_epochs, train
@@ -69,6 +69,16 @@ def test_progress_reports_call_and_step(tmp_path: Path) -> None:
         _toy(ctx, steps=10, calls=1)
     p = progress(tmp_path / "ck")
     assert (p["call"], p["step"], p["steps"], p["desc"], p["done"]) == (0, 7, 10, "toy0", False)
+    assert p["wall_s"] >= 0
+
+
+def test_describe_gives_the_step_and_the_time_to_go_at_the_pace_so_far() -> None:
+    part = {"call": 0, "step": 400, "steps": 6250, "desc": "recipe", "done": False}
+    assert describe(part) == "recipe step 400/6250"  # a checkpoint written before wall_s was recorded
+    assert describe({**part, "wall_s": 960.0}) == "recipe step 400/6250, 16 min trained, about 3.9 h to go at that pace"
+    assert describe({**part, "step": 60, "steps": 120, "wall_s": 30.0}).endswith("30 s trained, about 30 s to go at "
+                                                                                  "that pace")
+    assert describe({**part, "step": 0, "wall_s": 0.0}) == "recipe step 0/6250"
 
 
 def test_latest_state_is_the_last_call_of_a_cut_stage(tmp_path: Path) -> None:
@@ -157,7 +167,7 @@ def test_sigkilled_attack_and_defense_resume_to_the_same_weights(env, bert_dir, 
     dry = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(m), "--results", str(tmp_path / "cut-res"),
                           "--dry-run"], env=cut, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr
-    assert f"(partial: neuba step {at['step']}/400)" in dry.stdout
+    assert f"(partial: neuba step {at['step']}/400, " in dry.stdout and " to go at that pace)" in dry.stdout
     _kill_when(_cli(cut, *args), ckroot, "defense", 40)
     assert not list(ckroot.glob("attack-*")), "the finished implant's checkpoints were not deleted"
     last = _cli(cut, *args)

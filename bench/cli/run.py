@@ -70,12 +70,12 @@ def run(args: argparse.Namespace) -> int:
     status = stage_status(nodes, lambda n: is_done(n, store, results))
     done = lambda n: status[n.key] != TODO  # noqa: E731
     if args.dry_run:
-        from bench.checkpoint import progress
+        from bench.checkpoint import describe, progress
 
         for n in nodes:
             mark = f"{status[n.key]:<6}"
             part = None if done(n) else progress(store.checkpoint_dir(n.key))
-            at = f"  (partial: {part['desc']} step {part['step']}/{part['steps']})" if part else ""
+            at = f"  (partial: {describe(part)})" if part else ""
             print(f"[{mark}] {n.stage:<8} {n.label:<55} {n.key}" + (f"  <- {', '.join(n.deps)}" if n.deps else "")
                   + at)
         if SKIP in status.values():
